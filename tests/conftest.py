@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import vlm_hf
+from vlm_hf import VlmHfConfig
+
+
+def tiny_config(**overrides) -> VlmHfConfig:
+    """A few-layer model with a ResNet-18 trunk pooled to a 2x2 grid: small enough for CPU tests."""
+    values = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        vision_backbone="resnet18",
+        visual_grid=2,
+        num_labels=5,
+        retrieval_embed_dim=16,
+    )
+    values.update(overrides)
+    return VlmHfConfig(**values)
+
+
+def tiny_features_config(**overrides) -> VlmHfConfig:
+    """No backbone: the model takes precomputed 12-d region features."""
+    return tiny_config(vision_backbone=None, visual_feature_dim=12, **overrides)
+
+
+def text_inputs(batch_size=2, length=7, vocab_size=99, seed=0, pad_last=True):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (batch_size, length), generator=generator)
+    attention_mask = torch.ones(batch_size, length, dtype=torch.long)
+    if pad_last and batch_size > 1:
+        attention_mask[-1, length - 2 :] = 0
+        input_ids[-1, length - 2 :] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def pixel_inputs(num_images=2, size=64, seed=1):
+    return torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def region_inputs(num_images=2, num_regions=3, dim=12, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(num_images, num_regions, 2, 2, generator=generator).sort(dim=2).values
+    boxes = torch.stack([corners[..., 0, 0], corners[..., 0, 1], corners[..., 1, 0], corners[..., 1, 1]], dim=-1)
+    return {
+        "visual_embeds": torch.randn(num_images, num_regions, dim, generator=generator),
+        "visual_boxes": boxes,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+HEADS = [
+    vlm_hf.VlmHfModel,
+    vlm_hf.VlmHfForPreTraining,
+    vlm_hf.VlmHfForQuestionAnswering,
+    vlm_hf.VlmHfForImageTextRetrieval,
+]
