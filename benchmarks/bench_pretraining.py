@@ -2,10 +2,11 @@
 
 Both models have BERT-base sizes and see the same inputs in one process: 49 visual tokens of 2048-d precomputed
 features, 24 text tokens, batch 16, 15% of the text masked, plus image-text matching labels. Prints samples/s of
-each and the ratio (vlm_hf / VisualBERT). Run with `make bench` or `python benchmarks/bench_pretraining.py`.
+each (median of alternating rounds) and the ratio vlm_hf / VisualBERT. Run with `make bench`.
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -51,52 +52,75 @@ def build_models(feature_dim: int):
     return ours, theirs
 
 
-def time_training(model, batch, steps: int) -> float:
+def training_step(model, batch):
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    durations = []
-    for _ in range(steps + 1):  # the first step warms up
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
+
+    def step():
+        model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        durations.append(time.perf_counter() - start)
-    return min(durations[1:])
+
+    return step
 
 
-@torch.inference_mode()
-def time_inference(model, batch, steps: int) -> float:
+def inference_forward(model, batch):
     model.eval()
-    durations = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        model(**batch)
-        durations.append(time.perf_counter() - start)
-    return min(durations[1:])
+
+    def forward():
+        with torch.inference_mode():
+            model(**batch)
+
+    return forward
+
+
+def compare(ours, theirs, rounds: int) -> tuple[float, float]:
+    """Median seconds of each callable, timed in alternating order so that drift in machine speed hits both alike."""
+    ours(), theirs()  # warm-up
+    times = {ours: [], theirs: []}
+    for round_index in range(rounds):
+        for fn in (ours, theirs) if round_index % 2 == 0 else (theirs, ours):
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    return statistics.median(times[ours]), statistics.median(times[theirs])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6, help="timed steps of each model, alternating")
     args = parser.parse_args()
 
     inputs = make_inputs(args.batch_size, text_length=24, num_visual=49, feature_dim=2048, vocab_size=30522)
     ours, theirs = build_models(feature_dim=2048)
     base_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "itm_labels")}
-    their_base_inputs = {k: v for k, v in visual_bert_batch(inputs).items() if k not in ("labels", "sentence_image_labels")}
+    their_base_inputs = {
+        k: v for k, v in visual_bert_batch(inputs).items() if k not in ("labels", "sentence_image_labels")
+    }
 
     rows = [
-        ("training step (ForPreTraining)", time_training(ours, vlm_hf_batch(inputs), args.steps),
-         time_training(theirs, visual_bert_batch(inputs), args.steps)),
-        ("inference forward (base model)", time_inference(ours.vlm_hf, base_inputs, args.steps),
-         time_inference(theirs.visual_bert, their_base_inputs, args.steps)),
+        (
+            "training step (ForPreTraining)",
+            *compare(
+                training_step(ours, vlm_hf_batch(inputs)), training_step(theirs, visual_bert_batch(inputs)), args.rounds
+            ),
+        ),
+        (
+            "inference forward (base model)",
+            *compare(
+                inference_forward(ours.vlm_hf, base_inputs),
+                inference_forward(theirs.visual_bert, their_base_inputs),
+                args.rounds,
+            ),
+        ),
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
     print(f"{'measure':34s} {'vlm_hf samples/s':>17s} {'VisualBERT samples/s':>21s} {'ratio':>7s}")
     for name, ours_s, theirs_s in rows:
-        print(f"{name:34s} {args.batch_size / ours_s:17.2f} {args.batch_size / theirs_s:21.2f} {theirs_s / ours_s:6.2f}x")
+        print(
+            f"{name:34s} {args.batch_size / ours_s:17.2f} {args.batch_size / theirs_s:21.2f} {theirs_s / ours_s:6.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def test_base_model_loads_from_a_head_checkpoint(tmp_path):
     model = VlmHfForQuestionAnswering(tiny_config()).eval()
     model.save_pretrained(tmp_path)
     base = AutoModel.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(base(**example_inputs()).pooler_output,
-                               model.vlm_hf(**example_inputs()).pooler_output, atol=0, rtol=0)
+    torch.testing.assert_close(
+        base(**example_inputs()).pooler_output, model.vlm_hf(**example_inputs()).pooler_output, atol=0, rtol=0
+    )
 
 
 REMOTE_LOAD = textwrap.dedent(
@@ -97,8 +98,13 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
     model.save_pretrained(tmp_path)
     inputs = example_inputs()
     save_file(inputs, tmp_path / "inputs.safetensors")
-    result = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     remote_qa = load_file(tmp_path / "AutoModelForVisualQuestionAnswering.safetensors")["output"]
     remote_base = load_file(tmp_path / "AutoModel.safetensors")["output"]

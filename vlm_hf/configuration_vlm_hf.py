@@ -3,7 +3,6 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-
 # Output channels of each supported torchvision backbone's last feature map (ResNet layer 4, VGG `features`).
 VISION_BACKBONE_CHANNELS = {
     "resnet18": 512,

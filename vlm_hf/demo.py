@@ -94,14 +94,22 @@ def main(argv=None) -> int:
 
     labels = sorted(COLOURS)
     config = VlmHfConfig(
-        vision_backbone="resnet18", hidden_size=256, num_hidden_layers=4, vocab_size=vocab_size,
-        max_position_embeddings=32, visual_grid=4, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        vision_backbone="resnet18",
+        hidden_size=256,
+        num_hidden_layers=4,
+        vocab_size=vocab_size,
+        max_position_embeddings=32,
+        visual_grid=4,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
     torch.manual_seed(0)
     model = AutoModelForVisualQuestionAnswering.from_config(config).eval()
-    print(f"2. Built {type(model).__name__}: {model.num_parameters() / 1e6:.1f}M parameters, "
-          f"{config.vision_backbone} grid of {config.num_visual_tokens} visual tokens, {config.num_hidden_layers} layers.")
+    print(
+        f"2. Built {type(model).__name__}: {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"{config.vision_backbone} grid of {config.num_visual_tokens} visual tokens, {config.num_hidden_layers} layers."
+    )
 
     with torch.no_grad():
         out = model(**inputs, labels=torch.tensor([labels.index(a) for a in answers]))
@@ -120,8 +128,10 @@ def main(argv=None) -> int:
         difference = (reloaded - out.logits).abs().max().item()
         all_match &= torch.equal(reloaded, out.logits)
         print(f"  [{mode}] max |logits difference| = {difference:.3g}")
-    print(f"{'OK' if all_match else 'MISMATCH'}: outputs {'match exactly' if all_match else 'differ'} "
-          f"({time.time() - start:.1f}s).")
+    print(
+        f"{'OK' if all_match else 'MISMATCH'}: outputs {'match exactly' if all_match else 'differ'} "
+        f"({time.time() - start:.1f}s)."
+    )
     return 0 if all_match else 1
 
 

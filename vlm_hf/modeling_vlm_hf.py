@@ -19,7 +19,6 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_vlm_hf import VlmHfConfig
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Input checks: every public forward validates its tensors here, so mistakes surface as a ValueError naming the argument
 # instead of a broadcast or an index error deep inside torch.
@@ -67,7 +66,7 @@ _MIN_IMAGE_SIDE = 32  # every supported backbone downsamples by 32
 
 
 def load_torchvision_weights(source: str, backbone: str) -> dict[str, torch.Tensor]:
-    """State dict of a torchvision model, from a local file or a torchvision weights name (downloaded by torchvision)."""
+    """A torchvision state dict, from a local file or a torchvision weights name (which torchvision downloads)."""
     if os.path.isfile(source):
         if source.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -97,7 +96,9 @@ class VlmHfVisionBackbone(nn.Module):
         super().__init__()
         self.config = config
         model = torchvision.models.get_model(config.vision_backbone, weights=None)
-        self.trunk = _RESNET_TRUNK if config.vision_backbone.startswith(("resnet", "resnext", "wide_resnet")) else ("features",)
+        self.trunk = (
+            _RESNET_TRUNK if config.vision_backbone.startswith(("resnet", "resnext", "wide_resnet")) else ("features",)
+        )
         for name in self.trunk:
             self.add_module(name, getattr(model, name))
         if config.freeze_vision:
@@ -125,8 +126,8 @@ class VlmHfVisionBackbone(nn.Module):
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
             raise ValueError(
-                f"The vision weights do not fit {self.config.vision_backbone}: missing {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
+                f"The vision weights do not fit {self.config.vision_backbone}: "
+                f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
             )
         for key, tensor in own.items():
             if tensor.shape != state_dict[key].shape:
@@ -249,10 +250,9 @@ class VlmHfSelfAttention(nn.Module):
         key = self.key(hidden_states).view(head_shape).transpose(1, 2)
         value = self.value(hidden_states).view(head_shape).transpose(1, 2)
 
-        implementation = self.config._attn_implementation
-        attention: Callable = eager_attention_forward
-        if implementation not in (None, "eager") and not output_attentions:
-            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        # Attention weights exist only in the eager computation.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention(
             self,
             query,
@@ -483,7 +483,9 @@ class VlmHfModel(VlmHfPreTrainedModel):
                 f"The text has {shape[1]} tokens but max_position_embeddings is {self.config.max_position_embeddings}."
             )
         if attention_mask is not None and tuple(attention_mask.shape) != shape:
-            raise ValueError(f"`attention_mask` must have shape {shape} like the text, got {tuple(attention_mask.shape)}.")
+            raise ValueError(
+                f"`attention_mask` must have shape {shape} like the text, got {tuple(attention_mask.shape)}."
+            )
         if token_type_ids is not None:
             if tuple(token_type_ids.shape) != shape:
                 raise ValueError(f"`token_type_ids` must have shape {shape}, got {tuple(token_type_ids.shape)}.")
@@ -498,8 +500,8 @@ class VlmHfModel(VlmHfPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
-        Visual features, boxes and mask of each distinct image: grid features of `pixel_values`
-        (num_images, grid*grid, feature_dim), or the given `visual_embeds` after validation.
+        Visual features, boxes and mask of each distinct image: the grid features and cell boxes of `pixel_values`
+        (num_images, grid*grid, ...), or the given `visual_embeds` and `visual_boxes` (the whole image by default).
         """
         if (pixel_values is None) == (visual_embeds is None):
             raise ValueError(
@@ -507,21 +509,36 @@ class VlmHfModel(VlmHfPreTrainedModel):
                 f"(num_images, num_regions, {self.config.visual_feature_dim})."
             )
         if pixel_values is not None:
-            return self._grid_features(pixel_values), None, visual_attention_mask
-
-        expected = f"(num_images, num_regions, {self.config.visual_feature_dim})"
-        _check_rank("visual_embeds", visual_embeds, expected)
-        if visual_embeds.shape[-1] != self.config.visual_feature_dim or not visual_embeds.is_floating_point():
-            raise ValueError(f"`visual_embeds` must be a float tensor of shape {expected}, got {tuple(visual_embeds.shape)}.")
-        num_images, num_regions = visual_embeds.shape[:2]
+            if visual_boxes is not None:
+                raise ValueError(
+                    "`visual_boxes` go with `visual_embeds`; grid tokens of `pixel_values` have fixed boxes."
+                )
+            features = self._grid_features(pixel_values)
+            boxes = grid_boxes(self.config.visual_grid, device=features.device)
+        else:
+            features = self._check_visual_embeds(visual_embeds)
+            boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=features.device) if visual_boxes is None else visual_boxes
+        num_images, num_tokens = features.shape[:2]
         if visual_boxes is not None:
-            _check_leading("visual_boxes", visual_boxes, (num_images, num_regions), "(num_images, num_regions, 4)")
+            _check_leading("visual_boxes", visual_boxes, (num_images, num_tokens), "(num_images, num_regions, 4)")
             check_boxes("visual_boxes", visual_boxes)
         if visual_attention_mask is not None:
             _check_leading(
-                "visual_attention_mask", visual_attention_mask, (num_images, num_regions), "(num_images, num_regions)"
+                "visual_attention_mask",
+                visual_attention_mask,
+                (num_images, num_tokens),
+                "(num_images, num_visual_tokens)",
             )
-        return visual_embeds.to(self.dtype), visual_boxes, visual_attention_mask
+        return features, boxes.expand(num_images, num_tokens, 4), visual_attention_mask
+
+    def _check_visual_embeds(self, visual_embeds: torch.Tensor) -> torch.Tensor:
+        expected = f"(num_images, num_regions, {self.config.visual_feature_dim})"
+        _check_rank("visual_embeds", visual_embeds, expected)
+        if visual_embeds.shape[-1] != self.config.visual_feature_dim or not visual_embeds.is_floating_point():
+            raise ValueError(
+                f"`visual_embeds` must be a float tensor of shape {expected}, got {tuple(visual_embeds.shape)}."
+            )
+        return visual_embeds.to(self.dtype)
 
     def _grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.vision_backbone is None:
@@ -541,27 +558,15 @@ class VlmHfModel(VlmHfPreTrainedModel):
         return self.visual_pool(feature_map).flatten(2).transpose(1, 2)
 
     def embed_visual(
-        self,
-        features: torch.Tensor,
-        boxes: torch.Tensor | None,
-        visual_feature_mask: torch.Tensor | None = None,
+        self, features: torch.Tensor, boxes: torch.Tensor, visual_feature_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Visual token embeddings; tokens flagged in `visual_feature_mask` get zeroed features (masked regression)."""
-        if boxes is None:
-            boxes = self._default_boxes(features)
         if visual_feature_mask is not None:
-            _check_leading("visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)")
+            _check_leading(
+                "visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)"
+            )
             features = features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
         return self.visual_embeddings(features, boxes)
-
-    def _default_boxes(self, features: torch.Tensor) -> torch.Tensor:
-        """Grid cells for backbone features; the whole image for precomputed features given without boxes."""
-        batch_size, num_tokens = features.shape[:2]
-        if num_tokens == self.config.num_visual_tokens and self.vision_backbone is not None:
-            boxes = grid_boxes(self.config.visual_grid, device=features.device)
-        else:
-            boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=features.device).expand(num_tokens, 4)
-        return boxes.expand(batch_size, num_tokens, 4)
 
     def encode(
         self,
@@ -632,7 +637,9 @@ class VlmHfModel(VlmHfPreTrainedModel):
         text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         visual_embeddings = self.embed_visual(features, boxes, visual_feature_mask)
         embeddings = torch.cat([text_embeddings, visual_embeddings], dim=1)
-        mask = joint_attention_mask(attention_mask, visual_mask, batch_size, text_length, features.shape[1], embeddings.device)
+        mask = joint_attention_mask(
+            attention_mask, visual_mask, batch_size, text_length, features.shape[1], embeddings.device
+        )
 
         outputs = self.encode(embeddings, mask, output_attentions, output_hidden_states)
         return VlmHfModelOutput(**outputs, visual_features=features)
@@ -640,7 +647,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
 
 def pair_with_texts(batch_size: int, image_index, *per_image: torch.Tensor | None) -> list[torch.Tensor | None]:
     """Select, for each text, the per-image tensors of its image (`image_index`), or check they already align."""
-    num_images = next(t for t in per_image if t is not None).shape[0]
+    num_images = per_image[0].shape[0]
     if image_index is None:
         if num_images != batch_size:
             raise ValueError(
@@ -811,7 +818,9 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
         itm_loss = None
         if itm_labels is not None:
             if itm_labels.shape != itm_logits.shape[:1]:
-                raise ValueError(f"`itm_labels` must have shape ({itm_logits.shape[0]},), got {tuple(itm_labels.shape)}.")
+                raise ValueError(
+                    f"`itm_labels` must have shape ({itm_logits.shape[0]},), got {tuple(itm_labels.shape)}."
+                )
             _check_index_range("itm_labels", itm_labels, 2, "0 = mismatched, 1 = matched")
             itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
 
@@ -928,7 +937,9 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
         batch_size, num_labels = logits.shape
         if labels.is_floating_point():
             if labels.shape != logits.shape:
-                raise ValueError(f"Soft-score `labels` must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
+                raise ValueError(
+                    f"Soft-score `labels` must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}."
+                )
             if not torch.isfinite(labels).all() or labels.min() < 0 or labels.max() > 1:
                 raise ValueError("Soft-score `labels` must lie in [0, 1].")
             return labels.float()
