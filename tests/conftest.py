@@ -63,3 +63,21 @@ HEADS = [
     vlm_hf.VlmHfForQuestionAnswering,
     vlm_hf.VlmHfForImageTextRetrieval,
 ]
+
+
+CORPUS = [
+    "what colour is the circle?",
+    "how many squares are there?",
+    "is there a red triangle left of the blue circle?",
+    "a green square above two yellow circles.",
+] * 5
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return vlm_hf.train_wordpiece_tokenizer(CORPUS, vocab_size=300, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer):
+    return vlm_hf.VlmHfProcessor(vlm_hf.VlmHfImageProcessor(), tokenizer)

@@ -498,6 +498,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         visual_embeds: torch.Tensor | None = None,
         visual_boxes: torch.Tensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
         Visual features, boxes and mask of each distinct image: the grid features and cell boxes of `pixel_values`
@@ -515,6 +516,8 @@ class VlmHfModel(VlmHfPreTrainedModel):
                 )
             features = self._grid_features(pixel_values)
             boxes = grid_boxes(self.config.visual_grid, device=features.device)
+            if pixel_mask is not None:
+                visual_attention_mask = self._grid_mask(pixel_mask, pixel_values, visual_attention_mask)
         else:
             features = self._check_visual_embeds(visual_embeds)
             boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=features.device) if visual_boxes is None else visual_boxes
@@ -530,6 +533,18 @@ class VlmHfModel(VlmHfPreTrainedModel):
                 "(num_images, num_visual_tokens)",
             )
         return features, boxes.expand(num_images, num_tokens, 4), visual_attention_mask
+
+    def _grid_mask(self, pixel_mask, pixel_values, visual_attention_mask) -> torch.Tensor:
+        """Grid cells that cover no real pixel (only padding) are masked out."""
+        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+        if tuple(pixel_mask.shape) != expected:
+            raise ValueError(
+                f"`pixel_mask` must have shape {expected} like `pixel_values`, got {tuple(pixel_mask.shape)}."
+            )
+        covered = self.visual_pool(pixel_mask[:, None].float()).flatten(1) > 0
+        if visual_attention_mask is not None:
+            covered &= visual_attention_mask.to(covered.device).bool()
+        return covered.long()
 
     def _check_visual_embeds(self, visual_embeds: torch.Tensor) -> torch.Tensor:
         expected = f"(num_images, num_regions, {self.config.visual_feature_dim})"
@@ -598,6 +613,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         visual_embeds: torch.FloatTensor | None = None,
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
@@ -630,7 +646,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         )
         batch_size, text_length = self.check_text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         features, boxes, visual_mask = self.get_visual_features(
-            pixel_values, visual_embeds, visual_boxes, visual_attention_mask
+            pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
         features, boxes, visual_mask = pair_with_texts(batch_size, image_index, features, boxes, visual_mask)
 
@@ -763,6 +779,7 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         visual_embeds: torch.FloatTensor | None = None,
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
@@ -789,6 +806,7 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
             visual_embeds=visual_embeds,
             visual_boxes=visual_boxes,
             visual_attention_mask=visual_attention_mask,
@@ -896,6 +914,7 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         visual_embeds: torch.FloatTensor | None = None,
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
@@ -917,6 +936,7 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
             visual_embeds=visual_embeds,
             visual_boxes=visual_boxes,
             visual_attention_mask=visual_attention_mask,
@@ -1010,13 +1030,14 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         visual_embeds: torch.FloatTensor | None = None,
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         """(num_images, retrieval_embed_dim) projections of the images encoded alone (mean of their visual tokens)."""
         features, boxes, mask = self.vlm_hf.get_visual_features(
-            pixel_values, visual_embeds, visual_boxes, visual_attention_mask
+            pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
         outputs = self.vlm_hf.encode(self.vlm_hf.embed_visual(features, boxes), mask)
         states = outputs.last_hidden_state
@@ -1032,6 +1053,7 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         visual_embeds: torch.FloatTensor | None = None,
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
@@ -1051,7 +1073,8 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         """
         text_embeds = F.normalize(self.get_text_features(input_ids, attention_mask, token_type_ids), dim=-1)
         image_embeds = F.normalize(
-            self.get_image_features(pixel_values, visual_embeds, visual_boxes, visual_attention_mask), dim=-1
+            self.get_image_features(pixel_values, pixel_mask, visual_embeds, visual_boxes, visual_attention_mask),
+            dim=-1,
         )
         logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
 
