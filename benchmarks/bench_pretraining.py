@@ -6,10 +6,9 @@ each (median of alternating rounds) and the ratio vlm_hf / VisualBERT. Run with 
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import compare
 from transformers import VisualBertConfig, VisualBertForPreTraining
 
 from vlm_hf import VlmHfConfig, VlmHfForPreTraining
@@ -72,18 +71,6 @@ def inference_forward(model, batch):
             model(**batch)
 
     return forward
-
-
-def compare(ours, theirs, rounds: int) -> tuple[float, float]:
-    """Median seconds of each callable, timed in alternating order so that drift in machine speed hits both alike."""
-    ours(), theirs()  # warm-up
-    times = {ours: [], theirs: []}
-    for round_index in range(rounds):
-        for fn in (ours, theirs) if round_index % 2 == 0 else (theirs, ours):
-            start = time.perf_counter()
-            fn()
-            times[fn].append(time.perf_counter() - start)
-    return statistics.median(times[ours]), statistics.median(times[theirs])
 
 
 def main():

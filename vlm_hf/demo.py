@@ -1,6 +1,6 @@
-"""The main job (`make demo`): build a small VQA model, run it on generated scenes and questions, save it, and show
-that a new process reloads it through the Auto classes (with the package, and with `trust_remote_code` alone) with
-identical outputs."""
+"""The main job (`make demo`): train a WordPiece tokenizer on generated questions, build a small VQA model and its
+processor, run them on generated scenes, save both, and show that new processes reload them through the Auto classes
+(with the package, and with `trust_remote_code` alone) and give identical outputs."""
 
 import argparse
 import subprocess
@@ -9,48 +9,26 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 SHAPES = ("circle", "square")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220)}
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def generate_scene(generator: torch.Generator, size: int = 128) -> tuple[torch.Tensor, str, str]:
-    """A grey canvas with one coloured shape; returns the image (3, H, W) in [0, 1], its shape and colour."""
-    shape = SHAPES[int(torch.randint(len(SHAPES), (1,), generator=generator))]
-    colour = list(COLOURS)[int(torch.randint(len(COLOURS), (1,), generator=generator))]
-    image = torch.full((3, size, size), 0.5)
-    cx, cy = (torch.randint(size // 4, 3 * size // 4, (2,), generator=generator)).tolist()
+def generate_scene(rng: np.random.Generator, size: int = 128) -> tuple[Image.Image, str, str]:
+    """A grey canvas with one coloured shape; returns the image, its shape and its colour."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    cx, cy = rng.integers(size // 4, 3 * size // 4, 2)
     radius = size // 6
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    if shape == "circle":
-        inside = (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
-    else:
-        inside = ((xs - cx).abs() <= radius) & ((ys - cy).abs() <= radius)
-    image[:, inside] = torch.tensor(COLOURS[colour], dtype=torch.float32).unsqueeze(1) / 255
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    draw = ImageDraw.Draw(image)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
     return image, shape, colour
-
-
-def build_batch(num_scenes: int, seed: int = 0):
-    """Images, questions as token ids (a word-level vocabulary of the generated text) and the answers."""
-    generator = torch.Generator().manual_seed(seed)
-    scenes = [generate_scene(generator) for _ in range(num_scenes)]
-    questions = [f"what colour is the {shape} ?" for _, shape, _ in scenes]
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for word in sorted({w for q in questions for w in q.split()} | set(SHAPES)):
-        vocab.setdefault(word, len(vocab))
-    ids = [[vocab["[CLS]"], *(vocab[w] for w in q.split()), vocab["[SEP]"]] for q in questions]
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    pixels = (torch.stack([image for image, _, _ in scenes]) - mean[:, None, None]) / std[:, None, None]
-    inputs = {
-        "pixel_values": pixels,
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.ones(len(ids), len(ids[0]), dtype=torch.long),
-    }
-    answers = [colour for _, _, colour in scenes]
-    return inputs, questions, answers, len(vocab)
 
 
 RELOAD_SCRIPT = textwrap.dedent(
@@ -62,19 +40,24 @@ RELOAD_SCRIPT = textwrap.dedent(
     else:
         import vlm_hf  # registers the classes with the Auto classes
     import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForVisualQuestionAnswering
-    model = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=(mode == "remote")).eval()
+    from PIL import Image
+    from safetensors.torch import save_file
+    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+    remote = mode == "remote"
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=remote)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=remote).eval()
+    images = [Image.open(f"{folder}/scenes/{i}.png") for i in range(int(sys.argv[3]))]
+    questions = open(f"{folder}/scenes/questions.txt").read().splitlines()
     with torch.no_grad():
-        logits = model(**load_file(folder + "/demo_inputs.safetensors")).logits
+        logits = model(**processor(images=images, text=questions)).logits
     save_file({"logits": logits}, f"{folder}/reloaded_{mode}.safetensors")
-    print(f"  [{mode}] loaded {type(model).__name__} from {type(model).__module__}")
+    print(f"  [{mode}] {type(processor).__name__} + {type(model).__name__} from {type(model).__module__}")
     """
 )
 
 
-def reload_in_new_process(folder: Path, mode: str) -> torch.Tensor:
-    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(folder), mode], check=True)
+def reload_in_new_process(folder: Path, mode: str, num_scenes: int) -> torch.Tensor:
+    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(folder), mode, str(num_scenes)], check=True)
     return load_file(folder / f"reloaded_{mode}.safetensors")["logits"]
 
 
@@ -86,20 +69,25 @@ def main(argv=None) -> int:
 
     from transformers import AutoModelForVisualQuestionAnswering
 
-    from vlm_hf import VlmHfConfig
+    from vlm_hf import VlmHfConfig, VlmHfImageProcessor, VlmHfProcessor, train_wordpiece_tokenizer
 
     start = time.time()
-    inputs, questions, answers, vocab_size = build_batch(args.num_scenes)
-    print(f"1. Generated {len(questions)} scenes (128x128) and questions, e.g. {questions[0]!r}.")
+    rng = np.random.default_rng(0)
+    scenes = [generate_scene(rng) for _ in range(args.num_scenes)]
+    questions = [f"what colour is the {shape}?" for _, shape, _ in scenes]
+    print(f"1. Generated {len(scenes)} scenes (128x128) with questions, e.g. {questions[0]!r}.")
+
+    corpus = [f"what colour is the {s}?" for s in SHAPES] + [f"is the {s} {c}?" for s in SHAPES for c in COLOURS]
+    tokenizer = train_wordpiece_tokenizer(corpus, vocab_size=200, min_frequency=1)
+    processor = VlmHfProcessor(VlmHfImageProcessor(), tokenizer)
+    print(f"2. Trained a {len(tokenizer)}-token WordPiece tokenizer; processor ready.")
 
     labels = sorted(COLOURS)
     config = VlmHfConfig(
         vision_backbone="resnet18",
         hidden_size=256,
         num_hidden_layers=4,
-        vocab_size=vocab_size,
-        max_position_embeddings=32,
-        visual_grid=4,
+        vocab_size=len(tokenizer),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
@@ -107,31 +95,35 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = AutoModelForVisualQuestionAnswering.from_config(config).eval()
     print(
-        f"2. Built {type(model).__name__}: {model.num_parameters() / 1e6:.1f}M parameters, "
-        f"{config.vision_backbone} grid of {config.num_visual_tokens} visual tokens, {config.num_hidden_layers} layers."
+        f"3. Built {type(model).__name__}: {model.num_parameters() / 1e6:.1f}M parameters, {config.vision_backbone} "
+        f"grid of {config.num_visual_tokens} visual tokens, {config.num_hidden_layers} layers."
     )
 
+    inputs = processor(images=[image for image, _, _ in scenes], text=questions)
+    answers = torch.tensor([labels.index(colour) for _, _, colour in scenes])
     with torch.no_grad():
-        out = model(**inputs, labels=torch.tensor([labels.index(a) for a in answers]))
+        out = model(**inputs, labels=answers)
     predicted = [config.id2label[i] for i in out.logits.argmax(-1).tolist()]
-    print(f"3. Forward pass: loss {out.loss.item():.4f}; untrained answers {predicted}.")
+    print(f"4. Forward pass: loss {out.loss.item():.4f}; untrained answers {predicted}.")
 
     folder = Path(args.output_dir)
     model.save_pretrained(folder)
-    save_file(inputs, folder / "demo_inputs.safetensors")
-    print(f"4. Saved to {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}.")
+    processor.save_pretrained(folder)
+    (folder / "scenes").mkdir(exist_ok=True)
+    for i, (image, _, _) in enumerate(scenes):
+        image.save(folder / "scenes" / f"{i}.png")
+    (folder / "scenes" / "questions.txt").write_text("\n".join(questions))
+    print(f"5. Saved model and processor to {folder}/: {', '.join(sorted(p.name for p in folder.glob('*.*')))}.")
 
-    print("5. Reloading in new processes with AutoModelForVisualQuestionAnswering.from_pretrained:")
+    print("6. Reloading in new processes with AutoProcessor / AutoModelForVisualQuestionAnswering.from_pretrained:")
     all_match = True
     for mode in ("package", "remote"):
-        reloaded = reload_in_new_process(folder, mode)
+        reloaded = reload_in_new_process(folder, mode, len(scenes))
         difference = (reloaded - out.logits).abs().max().item()
         all_match &= torch.equal(reloaded, out.logits)
         print(f"  [{mode}] max |logits difference| = {difference:.3g}")
-    print(
-        f"{'OK' if all_match else 'MISMATCH'}: outputs {'match exactly' if all_match else 'differ'} "
-        f"({time.time() - start:.1f}s)."
-    )
+    verdict = "OK: outputs match exactly" if all_match else "MISMATCH: outputs differ"
+    print(f"{verdict} ({time.time() - start:.1f}s).")
     return 0 if all_match else 1
 
 

@@ -49,6 +49,7 @@ def train_wordpiece_tokenizer(
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=list(alphabet),
+        show_progress=False,
     )
     counted = _CountingIterator(texts)
     wordpiece.train_from_iterator(counted, trainer=trainer)
