@@ -28,6 +28,7 @@ test: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_pretraining.py
 	$(BIN)/python benchmarks/bench_image_processor.py
+	$(BIN)/python benchmarks/bench_grouping.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

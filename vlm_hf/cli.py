@@ -1,7 +1,11 @@
 """The `vlm-hf` command line."""
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import torch
 
 
 def train_tokenizer_command(args: argparse.Namespace) -> int:
@@ -19,6 +23,71 @@ def train_tokenizer_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def existing_model_folder(path: str) -> str:
+    if not Path(path, "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{path!r} is not a saved vlm_hf model folder (no config.json)")
+    return path
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from .training import pretrain
+
+    pretrain(args.trainer_arguments)
+    return 0
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    from .training import finetune
+
+    finetune(args.task, args.trainer_arguments)
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from transformers import AutoProcessor
+
+    from .data import generate_synthetic_dataset
+    from .evaluation import evaluate_retrieval, evaluate_vqa
+    from .modeling_vlm_hf import VlmHfForImageTextRetrieval, VlmHfForQuestionAnswering
+
+    model_class = VlmHfForQuestionAnswering if args.task == "vqa" else VlmHfForImageTextRetrieval
+    model = model_class.from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(args.model)
+    dataset = generate_synthetic_dataset(
+        args.num_images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects
+    )
+    evaluate = evaluate_vqa if args.task == "vqa" else evaluate_retrieval
+    print(json.dumps(evaluate(model, processor, dataset, batch_size=args.batch_size), indent=2))
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from .modeling_vlm_hf import VlmHfForImageTextRetrieval
+    from .pipelines import VisualQuestionAnsweringPipeline
+
+    if (args.question is None) == (args.captions is None):
+        raise ValueError("pass either --question or --captions")
+    if not Path(args.image).is_file():
+        raise ValueError(f"no image file at {args.image!r}")
+    if args.question is not None:
+        from transformers import pipeline
+
+        vqa = pipeline("visual-question-answering", model=args.model, pipeline_class=VisualQuestionAnsweringPipeline)
+        for answer in vqa(image=args.image, question=args.question, top_k=args.top_k):
+            print(f"{answer['score']:.3f}  {answer['answer']}")
+        return 0
+    model = VlmHfForImageTextRetrieval.from_pretrained(args.model).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    with torch.inference_mode():
+        out = model(**processor(images=Image.open(args.image), text=args.captions))
+    for score, caption in sorted(zip(out.logits_per_image[0].tolist(), args.captions, strict=True), reverse=True):
+        print(f"{score:.3f}  {caption}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm-hf", description="vision-language models on Hugging Face transformers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,12 +102,48 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase)")
     train.add_argument("--model-max-length", type=int, default=512)
     train.set_defaults(run=train_tokenizer_command)
+
+    trainer_help = "every transformers TrainingArguments flag is accepted (see `--help` after the command)"
+    pretrain = commands.add_parser(
+        "pretrain", help="masked LM + image-text matching + masked visual features, with transformers' Trainer",
+        add_help=False, description=trainer_help,
+    )
+    pretrain.set_defaults(run=pretrain_command)
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune VQA or retrieval with transformers' Trainer", add_help=False,
+        description=trainer_help,
+    )
+    finetune.add_argument("--task", required=True, choices=["vqa", "retrieval"])
+    finetune.set_defaults(run=finetune_command)
+
+    evaluate = commands.add_parser("evaluate", help="VQA accuracy per question type, or retrieval Recall@K and ITM F1")
+    evaluate.add_argument("model", type=existing_model_folder, help="a saved model folder")
+    evaluate.add_argument("--task", required=True, choices=["vqa", "retrieval"])
+    evaluate.add_argument("--num-images", type=int, default=300, help="held-out synthetic scenes")
+    evaluate.add_argument("--seed", type=int, default=1234, help="seed of the held-out scenes (not the training seed)")
+    evaluate.add_argument("--image-size", type=int, default=128)
+    evaluate.add_argument("--max-objects", type=int, default=3)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(run=evaluate_command)
+
+    predict = commands.add_parser("predict", help="answer a question about an image, or rank captions for it")
+    predict.add_argument("model", type=existing_model_folder, help="a saved model folder")
+    predict.add_argument("image", help="an image file")
+    predict.add_argument("--question")
+    predict.add_argument("--captions", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(run=predict_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Training commands hand everything they do not know to HfArgumentParser (Trainer flags, --help included).
+    args, unknown = parser.parse_known_args(argv)
+    if args.command in ("pretrain", "finetune"):
+        args.trainer_arguments = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except ValueError as error:
