@@ -58,8 +58,13 @@ def test_question_only_baseline_is_far_from_perfect():
 
 
 def test_vqa_accuracy_uses_soft_scores():
-    rows = [{"question_types": ["colour", "count"], "answers": [["red", "blue"], ["two"]],
-             "answer_scores": [[1.0, 0.3], [1.0]]}]
+    rows = [
+        {
+            "question_types": ["colour", "count"],
+            "answers": [["red", "blue"], ["two"]],
+            "answer_scores": [[1.0, 0.3], [1.0]],
+        }
+    ]
     result = vqa_accuracy(["blue", "two"], rows)
     assert result["accuracy"] == pytest.approx(0.65) and result["per_type"] == {"colour": 0.3, "count": 1.0}
 
@@ -131,9 +136,30 @@ def test_retrieval_collator_pairs_and_labels(scenes, processor):
 # -- Trainer runs ---------------------------------------------------------------------------------------------------
 
 
-TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--visual_grid", "2", "--image_size", "64",
-        "--num_train_images", "16", "--per_device_train_batch_size", "8", "--report_to", "none",
-        "--disable_tqdm", "true", "--logging_steps", "1", "--learning_rate", "2e-3", "--vocab_size", "300"]
+TINY = [
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--visual_grid",
+    "2",
+    "--image_size",
+    "64",
+    "--num_train_images",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+    "--learning_rate",
+    "2e-3",
+    "--vocab_size",
+    "300",
+]
 
 
 def losses(trainer) -> list[float]:
@@ -143,8 +169,19 @@ def losses(trainer) -> list[float]:
 @pytest.mark.parametrize("command", ["pretrain", "vqa", "retrieval"])
 def test_trainer_run_lowers_the_loss_and_saves_a_loadable_folder(command, tmp_path):
     # Whole-dataset batches, so that the loss is compared on the same scenes (masking stays random).
-    args = [*TINY, "--output_dir", str(tmp_path), "--max_steps", "30", "--save_strategy", "no", "--seed", "0",
-            "--per_device_train_batch_size", "16"]
+    args = [
+        *TINY,
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "30",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "0",
+        "--per_device_train_batch_size",
+        "16",
+    ]
     trainer = pretrain(args) if command == "pretrain" else finetune(command, args)
     history = losses(trainer)
     assert np.mean(history[-5:]) < 0.9 * np.mean(history[:5])
@@ -157,8 +194,16 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_folder(command, tmp_pa
 def test_resume_from_checkpoint_continues_like_an_uninterrupted_run(tmp_path):
     common = [*TINY, "--max_steps", "6", "--save_steps", "3", "--save_strategy", "steps", "--seed", "0"]
     straight = finetune("vqa", [*common, "--output_dir", str(tmp_path / "straight")])
-    resumed = finetune("vqa", [*common, "--output_dir", str(tmp_path / "resumed"),
-                               "--resume_from_checkpoint", str(tmp_path / "straight" / "checkpoint-3")])
+    resumed = finetune(
+        "vqa",
+        [
+            *common,
+            "--output_dir",
+            str(tmp_path / "resumed"),
+            "--resume_from_checkpoint",
+            str(tmp_path / "straight" / "checkpoint-3"),
+        ],
+    )
     assert resumed.state.global_step == straight.state.global_step == 6
     assert len(losses(resumed)) == 6  # the checkpoint's log history plus steps 4-6
     np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-4)
@@ -177,8 +222,9 @@ def test_cli_help_and_clear_errors(tmp_path):
     assert help_text.returncode == 0 and "--per_device_train_batch_size" in help_text.stdout
     unknown = run_cli("finetune", "--task", "captions", "--output_dir", tmp_path / "out")
     assert unknown.returncode == 2 and "invalid choice: 'captions'" in unknown.stderr
-    missing = run_cli("finetune", "--task", "vqa", "--model_name_or_path", tmp_path / "nope",
-                      "--output_dir", tmp_path / "out")
+    missing = run_cli(
+        "finetune", "--task", "vqa", "--model_name_or_path", tmp_path / "nope", "--output_dir", tmp_path / "out"
+    )
     assert missing.returncode == 2 and "not a saved vlm_hf folder" in missing.stderr
     assert not (tmp_path / "out").exists()
     no_model = run_cli("evaluate", tmp_path, "--task", "vqa")
@@ -190,8 +236,26 @@ def test_cli_help_and_clear_errors(tmp_path):
 def test_main_job_runs_end_to_end_at_small_scale(tmp_path):
     from vlm_hf.demo import main
 
-    status = main(["--output-dir", str(tmp_path), "--train-images", "16", "--eval-images", "8", "--image-size", "64",
-                   "--pretrain-steps", "2", "--finetune-steps", "2", "--batch-size", "8", "--new-scenes", "2"])
+    status = main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--train-images",
+            "16",
+            "--eval-images",
+            "8",
+            "--image-size",
+            "64",
+            "--pretrain-steps",
+            "2",
+            "--finetune-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--new-scenes",
+            "2",
+        ]
+    )
     assert status == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["model"]["per_type"]) <= {"colour", "shape", "count", "exist", "position"}
@@ -205,16 +269,104 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     batches). The logged loss of two processes is the mean of their two half-batch losses, the one-process loss the
     mean over the whole batch; as scenes have 4 or 5 questions, the two can differ slightly: tolerance 1%.
     """
-    common = [*TINY, "--max_steps", "3", "--save_strategy", "no", "--seed", "0", "--freeze_vision",
-              "--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0"]
+    common = [
+        *TINY,
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "0",
+        "--freeze_vision",
+        "--hidden_dropout_prob",
+        "0",
+        "--attention_probs_dropout_prob",
+        "0",
+    ]
     single = finetune("vqa", [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"])
     launched = subprocess.run(
-        [Path(sys.executable).parent / "accelerate", "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vlm_hf.cli", "finetune", "--task", "vqa",
-         *common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"],
-        capture_output=True, text=True, timeout=600,
+        [
+            Path(sys.executable).parent / "accelerate",
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "vlm_hf.cli",
+            "finetune",
+            "--task",
+            "vqa",
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    two = [float(line.split("'loss': '")[1].split("'")[0]) for line in launched.stdout.splitlines() if "'loss': '" in line]
+    two = [
+        float(line.split("'loss': '")[1].split("'")[0]) for line in launched.stdout.splitlines() if "'loss': '" in line
+    ]
     assert len(two) == 3
     np.testing.assert_allclose(two, losses(single), rtol=0.01)
+
+
+def saved_model(head, processor, folder, **config):
+    from conftest import tiny_config
+
+    model = head(tiny_config(vocab_size=len(processor.tokenizer), **config)).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model
+
+
+def test_predict_answers_questions_and_ranks_captions(processor, tmp_path):
+    from vlm_hf import VlmHfForImageTextRetrieval, VlmHfForQuestionAnswering
+
+    labels = answer_vocabulary(3)
+    saved_model(
+        VlmHfForQuestionAnswering,
+        processor,
+        tmp_path / "vqa",
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={a: i for i, a in enumerate(labels)},
+    )
+    saved_model(VlmHfForImageTextRetrieval, processor, tmp_path / "retrieval")
+    image = tmp_path / "scene.png"
+    generate_synthetic_dataset(1, seed=5, image_size=64)[0]["image"].save(image)
+
+    answered = run_cli("predict", tmp_path / "vqa", image, "--question", "what colour is the circle?", "--top-k", "2")
+    assert answered.returncode == 0, answered.stderr
+    lines = answered.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split()[1] in labels for line in lines)
+
+    ranked = run_cli("predict", tmp_path / "retrieval", image, "--captions", "a red circle.", "two blue squares.")
+    assert ranked.returncode == 0, ranked.stderr
+    scores = [float(line.split()[0]) for line in ranked.stdout.strip().splitlines()]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+
+    missing_image = run_cli("predict", tmp_path / "vqa", tmp_path / "nope.png", "--question", "what?")
+    assert missing_image.returncode == 2 and "no image file" in missing_image.stderr
+
+
+def test_retrieval_evaluation_reports_recall_and_itm_scores(processor, tmp_path):
+    from vlm_hf import VlmHfForImageTextRetrieval
+    from vlm_hf.evaluation import evaluate_retrieval
+
+    model = saved_model(VlmHfForImageTextRetrieval, processor, tmp_path)
+    result = evaluate_retrieval(model, processor, generate_synthetic_dataset(12, seed=2, image_size=64), batch_size=5)
+    assert set(result) == {"text_to_image", "image_to_text", "itm"}
+    for direction in ("text_to_image", "image_to_text"):
+        recalls = [result[direction][k] for k in ("R@1", "R@5", "R@10")]
+        assert recalls == sorted(recalls) and 0 <= recalls[0] and recalls[-1] <= 1
+    assert set(result["itm"]) == {"precision", "recall", "f1"}
