@@ -253,11 +253,21 @@ def test_retrieval_ranks_every_image_against_every_text():
     image_embeds = F.normalize(model.get_image_features(pixel_values=images), dim=-1)
     torch.testing.assert_close(out.logits_per_text, model.logit_scale.exp() * text_embeds @ image_embeds.t())
     assert out.itm_logits.shape == (3, 2)
+    joint = model.vlm_hf(pixel_values=images, **text, image_index=torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(out.itm_logits, model.itm_head(joint.pooler_output), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, out.contrastive_loss + out.itm_loss)
     # Text embeddings do not depend on which images are in the batch.
     alone = model(pixel_values=images[:1], **text)
     torch.testing.assert_close(alone.text_embeds, out.text_embeds, atol=1e-5, rtol=1e-5)
     assert alone.itm_logits is None
+
+
+def test_retrieval_runs_the_backbone_once_per_forward():
+    model = VlmHfForImageTextRetrieval(tiny_config()).eval()
+    calls = []
+    model.vlm_hf.vision_backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    model(pixel_values=pixel_inputs(num_images=2), **text_inputs(batch_size=2), return_loss=True)
+    assert calls == [2]
 
 
 def test_contrastive_loss_ignores_mismatched_pairs():

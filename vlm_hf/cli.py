@@ -105,12 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer_help = "every transformers TrainingArguments flag is accepted (see `--help` after the command)"
     pretrain = commands.add_parser(
-        "pretrain", help="masked LM + image-text matching + masked visual features, with transformers' Trainer",
-        add_help=False, description=trainer_help,
+        "pretrain",
+        help="masked LM + image-text matching + masked visual features, with transformers' Trainer",
+        add_help=False,
+        description=trainer_help,
     )
     pretrain.set_defaults(run=pretrain_command)
     finetune = commands.add_parser(
-        "finetune", help="fine-tune VQA or retrieval with transformers' Trainer", add_help=False,
+        "finetune",
+        help="fine-tune VQA or retrieval with transformers' Trainer",
+        add_help=False,
         description=trainer_help,
     )
     finetune.add_argument("--task", required=True, choices=["vqa", "retrieval"])

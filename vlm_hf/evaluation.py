@@ -15,8 +15,11 @@ def batches(dataset, batch_size: int):
 def vqa_accuracy(predictions: list[str], rows: list[dict]) -> dict:
     """Standard VQA soft accuracy (the predicted answer's soft score), overall and per question type."""
     per_type = defaultdict(list)
-    questions = [(t, dict(zip(a, s, strict=True))) for row in rows for t, a, s in
-                 zip(row["question_types"], row["answers"], row["answer_scores"], strict=True)]
+    questions = [
+        (t, dict(zip(a, s, strict=True)))
+        for row in rows
+        for t, a, s in zip(row["question_types"], row["answers"], row["answer_scores"], strict=True)
+    ]
     for prediction, (question_type, scores) in zip(predictions, questions, strict=True):
         per_type[question_type].append(min(1.0, scores.get(prediction, 0.0)))
     everything = [score for scores in per_type.values() for score in scores]
@@ -90,6 +93,9 @@ def evaluate_retrieval(model, processor, dataset, batch_size: int = 32, seed: in
     return {
         "text_to_image": recall_at_k(similarity, positives),
         "image_to_text": recall_at_k(similarity.t(), positives.t()),
-        "itm": {"precision": precision, "recall": recall,
-                "f1": 2 * precision * recall / max(precision + recall, 1e-12)},
+        "itm": {
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        },
     }

@@ -1036,9 +1036,12 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         """(num_images, retrieval_embed_dim) projections of the images encoded alone (mean of their visual tokens)."""
-        features, boxes, mask = self.vlm_hf.get_visual_features(
+        visual = self.vlm_hf.get_visual_features(
             pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
+        return self._project_images(*visual)
+
+    def _project_images(self, features, boxes, mask) -> torch.FloatTensor:
         outputs = self.vlm_hf.encode(self.vlm_hf.embed_visual(features, boxes), mask)
         states = outputs.last_hidden_state
         weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
@@ -1072,10 +1075,11 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
             Compute the symmetric contrastive loss over the similarity matrix.
         """
         text_embeds = F.normalize(self.get_text_features(input_ids, attention_mask, token_type_ids), dim=-1)
-        image_embeds = F.normalize(
-            self.get_image_features(pixel_values, pixel_mask, visual_embeds, visual_boxes, visual_attention_mask),
-            dim=-1,
+        # The backbone runs once: its features serve both the separate image embeddings and the joint ITM pass.
+        features, boxes, visual_mask = self.vlm_hf.get_visual_features(
+            pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
+        image_embeds = F.normalize(self._project_images(features, boxes, visual_mask), dim=-1)
         logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
 
         num_texts, num_images = logits_per_text.shape
@@ -1091,10 +1095,9 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
                 input_ids,
                 attention_mask=attention_mask,
                 token_type_ids=token_type_ids,
-                pixel_values=pixel_values,
-                visual_embeds=visual_embeds,
-                visual_boxes=visual_boxes,
-                visual_attention_mask=visual_attention_mask,
+                visual_embeds=features,
+                visual_boxes=boxes,
+                visual_attention_mask=visual_mask,
                 image_index=image_index,
             )
             itm_logits = self.itm_head(joint.pooler_output)

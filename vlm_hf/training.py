@@ -122,8 +122,12 @@ def finetune(task: str, argv: list[str] | None = None) -> Trainer:
         labels = answer_vocabulary(data_args.max_objects)
         label2id = {label: i for i, label in enumerate(labels)}
         model = build_model(
-            VlmHfForQuestionAnswering, model_args, processor,
-            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
+            VlmHfForQuestionAnswering,
+            model_args,
+            processor,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label2id,
         )
         collator = VqaCollator(processor, label2id)
     else:

@@ -24,9 +24,7 @@ class VqaCollator:
         self.processor, self.label2id = processor, label2id
 
     def __call__(self, rows: list[dict]) -> dict:
-        batch = self.processor(
-            images=[row["image"] for row in rows], text=[list(row["questions"]) for row in rows]
-        )
+        batch = self.processor(images=[row["image"] for row in rows], text=[list(row["questions"]) for row in rows])
         answers = [a for row in rows for a in row["answers"]]
         scores = [s for row in rows for s in row["answer_scores"]]
         batch["labels"] = soft_score_targets(answers, scores, self.label2id)
@@ -80,7 +78,10 @@ class PretrainingCollator:
     ):
         self.processor, self.num_visual_tokens = processor, num_visual_tokens
         self.mlm_probability, self.itm_negative_rate, self.mvf_probability = (
-            mlm_probability, itm_negative_rate, mvf_probability)
+            mlm_probability,
+            itm_negative_rate,
+            mvf_probability,
+        )
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, rows: list[dict]) -> dict:
@@ -117,8 +118,12 @@ class RetrievalCollator:
                 image_index.append(i)
                 itm_labels.append(0)
         images = [row["image"] for row in rows]
-        batch = dict(self.processor(images=images, text=[[t for t, j in zip(texts, image_index, strict=True) if j == i]
-                                                          for i in range(len(rows))]))
+        batch = dict(
+            self.processor(
+                images=images,
+                text=[[t for t, j in zip(texts, image_index, strict=True) if j == i] for i in range(len(rows))],
+            )
+        )
         # The processor orders texts image by image; reorder the labels the same way.
         order = sorted(range(len(texts)), key=lambda k: image_index[k])
         batch["labels"] = torch.tensor([itm_labels[k] for k in order])

@@ -149,8 +149,11 @@ def scene_captions(objects, rng) -> list[str]:
     captions = [f"{listing}." if len(objects) > 1 else f"{describe(objects[0])} on its own."]
     if len(objects) > 1:
         a, b = (objects[i] for i in rng.choice(len(objects), 2, replace=False))
-        relation = ("left of" if a.x < b.x else "right of") if abs(a.x - b.x) > abs(a.y - b.y) else (
-            "above" if a.y < b.y else "below")
+        relation = (
+            ("left of" if a.x < b.x else "right of")
+            if abs(a.x - b.x) > abs(a.y - b.y)
+            else ("above" if a.y < b.y else "below")
+        )
         captions.append(f"{describe(a)} {relation} {describe(b)}.")
     captions.append(f"{NUMBER_WORDS[len(objects)]} object{'s' if len(objects) > 1 else ''} in the picture.")
     return captions
