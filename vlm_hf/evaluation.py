@@ -38,7 +38,12 @@ def evaluate_vqa(model, processor, dataset, batch_size: int = 32) -> dict:
         inputs = processor(images=[r["image"] for r in rows], text=[list(r["questions"]) for r in rows])
         logits = model(**inputs).logits
         predictions += [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
-    return vqa_accuracy(predictions, [dataset[i] for i in range(len(dataset))])
+    return vqa_accuracy(predictions, list(answer_columns(dataset)))
+
+
+def answer_columns(dataset):
+    """The rows without their images, so that scoring decodes no image."""
+    return dataset.select_columns(["questions", "question_types", "answers", "answer_scores"])
 
 
 def question_only_baseline(train_dataset, eval_dataset) -> dict:
@@ -50,7 +55,7 @@ def question_only_baseline(train_dataset, eval_dataset) -> dict:
             by_question[question][answers[0]] += 1
             overall[answers[0]] += 1
     default = overall.most_common(1)[0][0]
-    rows = [eval_dataset[i] for i in range(len(eval_dataset))]
+    rows = list(answer_columns(eval_dataset))
     predictions = [
         by_question[q].most_common(1)[0][0] if q in by_question else default for row in rows for q in row["questions"]
     ]
@@ -73,14 +78,15 @@ def evaluate_retrieval(model, processor, dataset, batch_size: int = 32, seed: in
     true_positive = false_positive = false_negative = 0
     generator = torch.Generator().manual_seed(seed)
     for offset, rows in zip(range(0, len(dataset), batch_size), batches(dataset, batch_size), strict=True):
-        images = processor.image_processor([r["image"] for r in rows], return_tensors="pt")
-        image_embeds.append(model.get_image_features(**images))
+        # One pass per batch: each image with one caption (its own or another's) gives the image embeddings and
+        # the image-text matching decisions; every caption is then embedded on its own.
+        texts, labels = pick_captions(rows, 0.5, generator)
+        out = model(**processor(images=[r["image"] for r in rows], text=texts))
+        image_embeds.append(out.image_embeds)
+        itm, labels = out.itm_logits.argmax(-1), torch.tensor(labels)
         captions = [c for r in rows for c in r["captions"]]
         text_embeds.append(model.get_text_features(**processor.tokenizer(captions, padding=True, return_tensors="pt")))
         text_image += [offset + i for i, r in enumerate(rows) for _ in r["captions"]]
-        texts, labels = pick_captions(rows, 0.5, generator)
-        itm = model(**processor(images=[r["image"] for r in rows], text=texts)).itm_logits.argmax(-1)
-        labels = torch.tensor(labels)
         true_positive += int(((itm == 1) & (labels == 1)).sum())
         false_positive += int(((itm == 1) & (labels == 0)).sum())
         false_negative += int(((itm == 0) & (labels == 1)).sum())

@@ -28,7 +28,7 @@ class VlmHfProcessor(ProcessorMixin):
             raise ValueError("Pass `images`, `text` or both.")
         kwargs.setdefault("return_tensors", "pt")
         merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
-        texts, image_index = pair_texts_with_images(images, text, self.image_processor)
+        texts, image_index = pair_texts_with_images(images, text)
         data = {}
         if images is not None:
             data.update(self.image_processor(images, **merged["images_kwargs"]))
@@ -43,7 +43,7 @@ class VlmHfProcessor(ProcessorMixin):
         return [*self.tokenizer.model_input_names, *self.image_processor.model_input_names, "image_index"]
 
 
-def pair_texts_with_images(images, text, image_processor) -> tuple[list[str] | None, list[int] | None]:
+def pair_texts_with_images(images, text) -> tuple[list[str] | None, list[int] | None]:
     """Flatten the texts and, when they do not map one to one onto the images, say which image each text uses."""
     if text is None:
         return None, None
@@ -57,11 +57,8 @@ def pair_texts_with_images(images, text, image_processor) -> tuple[list[str] | N
     if any(isinstance(t, (list, tuple)) for t in text):
         if len(text) != num_images:
             raise ValueError(f"`text` holds {len(text)} lists of texts for {num_images} images: one list per image.")
-        flat = [t for per_image in text for t in ([per_image] if isinstance(per_image, str) else per_image)]
-        index = [
-            i for i, per_image in enumerate(text) for _ in ([per_image] if isinstance(per_image, str) else per_image)
-        ]
-        return flat, index
+        per_image = [[t] if isinstance(t, str) else list(t) for t in text]
+        return [t for texts in per_image for t in texts], [i for i, texts in enumerate(per_image) for _ in texts]
     if num_images == len(text):
         return list(text), None
     if num_images == 1:

@@ -110,22 +110,13 @@ class RetrievalCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         positives, _ = pick_captions(rows, 0.0, self.generator)
-        negatives, labels = pick_captions(rows, 1.0, self.generator)
-        texts, image_index, itm_labels = list(positives), list(range(len(rows))), [1] * len(rows)
-        for i, (caption, label) in enumerate(zip(negatives, labels, strict=True)):
-            if label == 0 and torch.rand((), generator=self.generator) < self.itm_negative_rate:
-                texts.append(caption)
-                image_index.append(i)
-                itm_labels.append(0)
-        images = [row["image"] for row in rows]
-        batch = dict(
-            self.processor(
-                images=images,
-                text=[[t for t, j in zip(texts, image_index, strict=True) if j == i] for i in range(len(rows))],
-            )
-        )
-        # The processor orders texts image by image; reorder the labels the same way.
-        order = sorted(range(len(texts)), key=lambda k: image_index[k])
-        batch["labels"] = torch.tensor([itm_labels[k] for k in order])
+        negatives, negative_labels = pick_captions(rows, 1.0, self.generator)  # label 1: no other image to draw from
+        texts, itm_labels = [], []  # per image: its own caption, then maybe another image's
+        for positive, negative, label in zip(positives, negatives, negative_labels, strict=True):
+            add_negative = label == 0 and torch.rand((), generator=self.generator) < self.itm_negative_rate
+            texts.append([positive, negative] if add_negative else [positive])
+            itm_labels += [1, 0] if add_negative else [1]
+        batch = dict(self.processor(images=[row["image"] for row in rows], text=texts))
+        batch["labels"] = torch.tensor(itm_labels)
         batch["return_loss"] = True
         return batch
