@@ -1,6 +1,7 @@
 """Synthetic data, collators, Trainer runs and the training / evaluation command line."""
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -263,7 +264,9 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    """`accelerate launch --num_processes 2 --cpu` (DDP over gloo) against one process, global batch 8 in both.
+    """`accelerate launch --multi_gpu --num_processes 2` with `--use_cpu` (DDP over gloo) against one process, global
+    batch 8 in both. (`accelerate launch --cpu` starts several processes only through MPI; the torchrun launcher behind
+    `--multi_gpu` with the Trainer's `--use_cpu` is how multi-process CPU training runs without it.)
 
     Dropout is off and the backbone frozen (batch-norm statistics would otherwise differ between 4- and 8-image
     batches). The logged loss of two processes is the mean of their two half-batch losses, the one-process loss the
@@ -288,9 +291,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         [
             Path(sys.executable).parent / "accelerate",
             "launch",
+            "--multi_gpu",
             "--num_processes",
             "2",
-            "--cpu",
             "--num_machines",
             "1",
             "--mixed_precision",
@@ -307,12 +310,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             str(tmp_path / "two"),
             "--per_device_train_batch_size",
             "4",
+            "--use_cpu",
         ],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "info"},
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
+    # Two processes of 4: the Trainer reports the global batch across the processes.
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in launched.stderr
     two = [
         float(line.split("'loss': '")[1].split("'")[0]) for line in launched.stdout.splitlines() if "'loss': '" in line
     ]

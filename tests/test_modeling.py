@@ -58,6 +58,9 @@ def test_config_derives_bert_proportions():
         ({"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
         ({"visual_location_dim": 6}, "visual_location_dim"),
         ({"visual_grid": 0}, "visual_grid"),
+        ({"vision_feature_layer": "layer5"}, "vision_feature_layer must be one of"),
+        ({"vision_backbone": "vgg11", "vision_feature_layer": "layer2"}, "needs a ResNet-family"),
+        ({"vision_feature_layer": "layer3", "visual_feature_dim": 512}, "does not match the 256 channels"),
     ],
 )
 def test_config_rejects_inconsistent_values(overrides, message):

@@ -15,6 +15,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
 )
@@ -27,6 +28,7 @@ AUTO_CLASSES = {
     vlm_hf.VlmHfForPreTraining: AutoModelForPreTraining,
     vlm_hf.VlmHfForQuestionAnswering: AutoModelForVisualQuestionAnswering,
     vlm_hf.VlmHfForImageTextRetrieval: AutoModelForZeroShotImageClassification,
+    vlm_hf.VlmHfForVisualReasoning: AutoModelForSequenceClassification,
 }
 
 
@@ -173,6 +175,21 @@ def test_vision_pretrained_file_gives_torchvision_features(torchvision_resnet18,
     finally:
         os.rename(moved, path)
     torch.testing.assert_close(loaded(pixel_values=pixels, **text_inputs()).visual_features, out.visual_features)
+
+
+def test_earlier_feature_layer_gives_torchvision_features_of_that_stage(torchvision_resnet18):
+    reference, path = torchvision_resnet18
+    config = tiny_config(vision_pretrained=str(path), vision_feature_layer="layer2", visual_grid=8)
+    model = VlmHfModel(config).eval()
+    assert config.visual_feature_dim == 128 and not hasattr(model.vision_backbone, "layer3")
+    pixels = pixel_inputs(size=64)  # stride 8: an 8x8 map, one cell per grid token
+    with torch.no_grad():
+        stem_to_layer2 = torch.nn.Sequential(*list(reference.children())[:6])
+        expected = stem_to_layer2(pixels).flatten(2).transpose(1, 2)
+        out = model(pixel_values=pixels, **text_inputs())
+    torch.testing.assert_close(out.visual_features, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 8x8"):
+        model(pixel_values=pixel_inputs(size=4), **text_inputs())
 
 
 def test_vision_pretrained_safetensors_file(torchvision_resnet18, tmp_path):

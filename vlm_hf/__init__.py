@@ -8,6 +8,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
@@ -19,6 +20,7 @@ from .modeling_vlm_hf import (
     VlmHfForImageTextRetrieval,
     VlmHfForPreTraining,
     VlmHfForQuestionAnswering,
+    VlmHfForVisualReasoning,
     VlmHfModel,
     VlmHfPreTrainedModel,
 )
@@ -35,6 +37,7 @@ AUTO_MODEL_CLASSES = {
     AutoModelForPreTraining: VlmHfForPreTraining,
     AutoModelForVisualQuestionAnswering: VlmHfForQuestionAnswering,
     AutoModelForZeroShotImageClassification: VlmHfForImageTextRetrieval,
+    AutoModelForSequenceClassification: VlmHfForVisualReasoning,
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "VlmHfModel",
     "VlmHfForPreTraining",
     "VlmHfForQuestionAnswering",
+    "VlmHfForVisualReasoning",
     "VlmHfForImageTextRetrieval",
     "VlmHfImageProcessor",
     "VlmHfProcessor",

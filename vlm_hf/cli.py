@@ -1,6 +1,7 @@
 """The `vlm-hf` command line."""
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -47,15 +48,23 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from transformers import AutoProcessor
 
     from .data import generate_synthetic_dataset
+    from .data.sources import DataSourceArguments, arrange_rows, check_data_arguments, first_rows, load_data
     from .evaluation import evaluate_retrieval, evaluate_vqa
     from .modeling_vlm_hf import VlmHfForImageTextRetrieval, VlmHfForQuestionAnswering
 
+    # The data arguments of the training commands, checked before the model is read.
+    source = DataSourceArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataSourceArguments)})
+    check_data_arguments(source, args.task)
     model_class = VlmHfForQuestionAnswering if args.task == "vqa" else VlmHfForImageTextRetrieval
     model = model_class.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
-    dataset = generate_synthetic_dataset(
-        args.num_images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects
-    )
+    if source.dataset == "synthetic":
+        scenes = generate_synthetic_dataset(
+            args.num_images or 300, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects
+        )
+        dataset = arrange_rows(scenes, source.group_by_image, args.task)
+    else:
+        dataset = first_rows(load_data(source, args.task, default_split="test"), args.num_images)
     evaluate = evaluate_vqa if args.task == "vqa" else evaluate_retrieval
     print(json.dumps(evaluate(model, processor, dataset, batch_size=args.batch_size), indent=2))
     return 0
@@ -86,6 +95,21 @@ def predict_command(args: argparse.Namespace) -> int:
     for score, caption in sorted(zip(out.logits_per_image[0].tolist(), args.captions, strict=True), reverse=True):
         print(f"{score:.3f}  {caption}")
     return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    from .conversion import run_converter
+
+    return run_converter(args.source, args.converter_arguments)
+
+
+def data_source_parser() -> argparse.ArgumentParser:
+    """The training commands' data arguments (`vlm_hf.data.sources.DataSourceArguments`), to share with evaluate."""
+    from transformers import HfArgumentParser
+
+    from .data.sources import DataSourceArguments
+
+    return HfArgumentParser(DataSourceArguments, add_help=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,10 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--task", required=True, choices=["vqa", "retrieval"])
     finetune.set_defaults(run=finetune_command)
 
-    evaluate = commands.add_parser("evaluate", help="VQA accuracy per question type, or retrieval Recall@K and ITM F1")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="VQA accuracy per question type, or retrieval Recall@K and ITM F1",
+        description="The data arguments (--dataset, --image_dir, ...) are those of the training commands; "
+        "--split defaults to test.",
+        parents=[data_source_parser()],
+    )
     evaluate.add_argument("model", type=existing_model_folder, help="a saved model folder")
     evaluate.add_argument("--task", required=True, choices=["vqa", "retrieval"])
-    evaluate.add_argument("--num-images", type=int, default=300, help="held-out synthetic scenes")
+    evaluate.add_argument(
+        "--num-images", type=int, default=None, help="held-out synthetic scenes (300), or the first rows of a dataset"
+    )
     evaluate.add_argument("--seed", type=int, default=1234, help="seed of the held-out scenes (not the training seed)")
     evaluate.add_argument("--image-size", type=int, default=128)
     evaluate.add_argument("--max-objects", type=int, default=3)
@@ -137,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--captions", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(run=predict_command)
+
+    from .conversion import CONVERTERS
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an original checkpoint (VisualBERT, UNITER, VL-BERT, ViLBERT, BERT, ResNet) into a vlm_hf folder",
+        add_help=False,
+        description="`vlm-hf convert <source> --help` lists the converter's arguments",
+    )
+    convert.add_argument("source", choices=sorted(CONVERTERS))
+    convert.set_defaults(run=convert_command)
     return parser
 
 
@@ -146,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if args.command in ("pretrain", "finetune"):
         args.trainer_arguments = unknown
+    elif args.command == "convert":
+        args.converter_arguments = unknown  # the converter's own parser reads them (--help included)
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

@@ -62,7 +62,6 @@ def check_boxes(name: str, boxes: torch.Tensor) -> None:
 # Classification heads of torchvision's models: not part of the feature trunk, dropped when loading their weights.
 _TORCHVISION_HEAD_PREFIXES = ("fc.", "classifier.", "avgpool.")
 _RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-_MIN_IMAGE_SIDE = 32  # every supported backbone downsamples by 32
 
 
 def load_torchvision_weights(source: str, backbone: str) -> dict[str, torch.Tensor]:
@@ -90,15 +89,18 @@ def load_torchvision_weights(source: str, backbone: str) -> dict[str, torch.Tens
 
 
 class VlmHfVisionBackbone(nn.Module):
-    """The convolutional trunk of a torchvision ResNet or VGG, with torchvision's parameter names."""
+    """The convolutional trunk of a torchvision ResNet (up to `config.vision_feature_layer`) or VGG, with
+    torchvision's parameter names."""
 
     def __init__(self, config: VlmHfConfig):
         super().__init__()
         self.config = config
         model = torchvision.models.get_model(config.vision_backbone, weights=None)
-        self.trunk = (
-            _RESNET_TRUNK if config.vision_backbone.startswith(("resnet", "resnext", "wide_resnet")) else ("features",)
-        )
+        if config.vision_backbone.startswith(("resnet", "resnext", "wide_resnet")):
+            last_stage = config.vision_feature_layer or "layer4"
+            self.trunk = _RESNET_TRUNK[: _RESNET_TRUNK.index(last_stage) + 1]  # later stages are not built
+        else:
+            self.trunk = ("features",)
         for name in self.trunk:
             self.add_module(name, getattr(model, name))
         if config.freeze_vision:
@@ -120,7 +122,9 @@ class VlmHfVisionBackbone(nn.Module):
     @torch.no_grad()
     def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy a torchvision state dict into the trunk; every trunk tensor must be present with its shape."""
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_TORCHVISION_HEAD_PREFIXES)}
+        unused_stages = tuple(f"{stage}." for stage in _RESNET_TRUNK if stage not in self.trunk)
+        unused = _TORCHVISION_HEAD_PREFIXES + unused_stages  # the classifier, and stages after vision_feature_layer
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(unused)}
         own = self.state_dict(keep_vars=True)
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
@@ -144,20 +148,191 @@ class VlmHfVisualEmbeddings(nn.Module):
         super().__init__()
         self.config = config
         self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
-        self.location_projection = nn.Linear(config.visual_location_dim, config.hidden_size)
+        self.location_projection = _location_projection(config)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         token_types = torch.full(features.shape[:2], self.config.visual_token_type_id, device=features.device)
+        embeddings = self.feature_projection(features)
+        if self.location_projection is not None:
+            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
+            embeddings = embeddings + self.location_projection(locations)
+        embeddings = embeddings + self.token_type_embeddings(token_types)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def _location_projection(config: VlmHfConfig) -> nn.Linear | None:
+    """The linear box embedding, or None when `visual_location_dim` is 0."""
+    return nn.Linear(config.visual_location_dim, config.hidden_size) if config.visual_location_dim else None
+
+
+class VlmHfVisualBertVisualEmbeddings(nn.Module):
+    """
+    VisualBERT's visual tokens: projection + visual token type + visual position embedding (position 0 for every
+    region, as VisualBERT without `image_text_alignment`), normalised by the text embeddings' LayerNorm, i.e. one
+    LayerNorm over the joint sequence. A box embedding is added only when `visual_location_dim` > 0 (not in the
+    original, whose regions carry no location).
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.config = config
+        self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
+        self.location_projection = _location_projection(config)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, text_embeddings: "VlmHfEmbeddings", *args, **kw):
+        positions = torch.zeros(features.shape[:2], dtype=torch.long, device=features.device)
+        embeddings = self.feature_projection(features)
+        if self.location_projection is not None:
+            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
+            embeddings = embeddings + self.location_projection(locations)
+        embeddings = embeddings + self.position_embeddings(positions)
+        embeddings = embeddings + self.token_type_embeddings(positions + self.config.visual_token_type_id)
+        return self.dropout(text_embeddings.LayerNorm(embeddings))
+
+
+class VlmHfUniterVisualEmbeddings(nn.Module):
+    """
+    UNITER's image embeddings: LayerNorm(feature projection) + LayerNorm(linear embedding of the 7-d box
+    [x1, y1, x2, y2, w, h, w*h]) + row `visual_token_type_id` of the *text* token-type table, then LayerNorm. No
+    position embedding. Masked regions (zeroed features) receive a learned mask embedding.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.config = config
+        self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
+        self.feature_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.location_projection = nn.Linear(config.visual_location_dim, config.hidden_size)
+        self.location_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mask_feature_embedding = nn.Parameter(torch.zeros(config.visual_feature_dim))
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        text_embeddings: "VlmHfEmbeddings",
+        feature_mask: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        if feature_mask is not None:
+            features = features + feature_mask.unsqueeze(-1).to(features.dtype) * self.mask_feature_embedding
+        locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
+        token_type = text_embeddings.token_type_embeddings.weight[self.config.visual_token_type_id]
         embeddings = (
-            self.feature_projection(features)
-            + self.location_projection(locations)
-            + self.token_type_embeddings(token_types)
+            self.feature_layer_norm(self.feature_projection(features))
+            + self.location_layer_norm(self.location_projection(locations))
+            + token_type
         )
         return self.dropout(self.LayerNorm(embeddings))
+
+
+def box_sincos_embedding(boxes: torch.Tensor, dim: int) -> torch.Tensor:
+    """
+    VL-BERT's box embedding: the centre x, centre y, width and height of `[x1, y1, x2, y2]` (relative to the image,
+    x100), each as `[sin(v / 1000^(i/d)), i < d]` then `[cos(...)]`, coordinate after coordinate (`dim` = 8 d).
+    """
+    x1, y1, x2, y2 = boxes.float().unbind(-1)
+    values = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1) * 100
+    frequencies = dim // 8
+    wavelengths = 1000 ** (torch.arange(frequencies, dtype=torch.float32, device=boxes.device) / frequencies)
+    angles = values.unsqueeze(-1) / wavelengths
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class VlmHfVLBertVisualEmbeddings(nn.Module):
+    """
+    VL-BERT's visual side. Every visual token is an object: ReLU(linear([sin/cos box embedding | feature])); masked
+    objects use a learned feature and word embedding. Object tokens are the shared object word embedding +
+    LayerNorm(object representation), all at position (text length) and token type `visual_token_type_id`; an [END]
+    token at position (text length + 1) closes the sequence. Every text token adds LayerNorm(representation of visual
+    token 0, the whole-image box) (`text_visual_context`), or a learned embedding when there is no image. The text
+    embeddings' LayerNorm normalises the joint sequence.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.config = config
+        hidden_size, feature_dim = config.hidden_size, config.visual_feature_dim
+        self.object_projection = nn.Linear(config.visual_location_dim + feature_dim, hidden_size)
+        self.object_word_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.mask_word_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.mask_feature_embedding = nn.Parameter(torch.zeros(feature_dim))
+        self.text_only_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.end_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.text_visual_layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.object_visual_layer_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def object_representations(self, features, boxes, feature_mask=None) -> torch.Tensor:
+        if feature_mask is not None:
+            masked = feature_mask.bool().unsqueeze(-1)
+            features = torch.where(masked, self.mask_feature_embedding.to(features.dtype), features)
+        box_embeddings = box_sincos_embedding(boxes, self.config.visual_location_dim).to(features.dtype)
+        return F.relu(self.object_projection(torch.cat([box_embeddings, features], dim=-1)))
+
+    def text_visual_context(self, features=None, boxes=None, feature_mask=None) -> torch.Tensor:
+        """What every text token adds: (batch, 1, hidden) from the whole-image token 0, or (hidden,) without image."""
+        if features is None:
+            return self.text_visual_layer_norm(self.text_only_embedding)
+        whole_mask = None if feature_mask is None else feature_mask[:, :1]
+        return self.text_visual_layer_norm(self.object_representations(features[:, :1], boxes[:, :1], whole_mask))
+
+    def end_token(self, text_lengths: torch.Tensor, text_embeddings: "VlmHfEmbeddings") -> torch.Tensor:
+        positions = (text_lengths + 1).unsqueeze(1)
+        if int(positions.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"VL-BERT places its [END] token at position (text length + 1) = {int(positions.max())}, beyond "
+                f"max_position_embeddings ({self.config.max_position_embeddings}); shorten the text."
+            )
+        embeddings = (
+            self.end_embedding
+            + text_embeddings.position_embeddings(positions)
+            + text_embeddings.token_type_embeddings(torch.full_like(positions, self.config.visual_token_type_id))
+        )
+        return self.dropout(text_embeddings.LayerNorm(embeddings))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        text_embeddings: "VlmHfEmbeddings",
+        feature_mask: torch.Tensor | None = None,
+        text_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(batch, num_objects + 1, hidden): the object tokens, then [END]."""
+        if text_lengths is None:  # images encoded alone
+            text_lengths = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
+        objects = self.object_representations(features, boxes, feature_mask)
+        words = self.object_word_embedding.expand_as(objects)
+        if feature_mask is not None:
+            words = torch.where(feature_mask.bool().unsqueeze(-1), self.mask_word_embedding, words)
+        positions = text_lengths.unsqueeze(1).expand(objects.shape[:2])
+        embeddings = (
+            words
+            + self.object_visual_layer_norm(objects)
+            + text_embeddings.position_embeddings(positions)
+            + text_embeddings.token_type_embeddings(torch.full_like(positions, self.config.visual_token_type_id))
+        )
+        objects = self.dropout(text_embeddings.LayerNorm(embeddings))
+        return torch.cat([objects, self.end_token(text_lengths, text_embeddings)], dim=1)
+
+
+# visual_embedding_type -> module. ("vilbert" comes with the co-attention fusion.)
+VISUAL_EMBEDDING_CLASSES = {
+    "default": VlmHfVisualEmbeddings,
+    "visualbert": VlmHfVisualBertVisualEmbeddings,
+    "uniter": VlmHfUniterVisualEmbeddings,
+    "vlbert": VlmHfVLBertVisualEmbeddings,
+}
 
 
 def box_location_features(boxes: torch.Tensor, dim: int) -> torch.Tensor:
@@ -198,9 +373,13 @@ class VlmHfEmbeddings(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        visual_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`visual_context`: added to every token before the LayerNorm (VL-BERT's whole-image feature)."""
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
+        if visual_context is not None:
+            inputs_embeds = inputs_embeds + visual_context
         batch_size, seq_length = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(seq_length, device=inputs_embeds.device).expand(batch_size, -1)
@@ -371,6 +550,369 @@ def extended_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> to
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Two-stream fusions: ViLBERT's co-attention, and the pooled fusions of separately encoded streams
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VlmHfStreamConfig:
+    """
+    The model config seen with other sizes (`hidden_size`, `num_attention_heads`, `intermediate_size`), so the BERT
+    layer classes build the visual stream and the fusion layers unchanged. Every other attribute, the attention
+    implementation included, is read from the model config when used, so `set_attn_implementation` reaches them too.
+    """
+
+    def __init__(self, config: VlmHfConfig, **sizes: int):
+        self.__dict__.update(_config=config, _sizes=sizes)
+
+    def __getattr__(self, name: str):
+        # copy and pickle look up dunders before `__dict__` is restored: those must fail as plain attribute errors.
+        if name.startswith("__") or "_sizes" not in self.__dict__:
+            raise AttributeError(name)
+        sizes = self.__dict__["_sizes"]
+        return sizes[name] if name in sizes else getattr(self.__dict__["_config"], name)
+
+
+def visual_stream_config(config: VlmHfConfig) -> VlmHfConfig:
+    """The sizes of the visual tokens' states: the visual stream's with two streams, the model's otherwise."""
+    if not config.is_two_stream:
+        return config
+    return VlmHfStreamConfig(
+        config,
+        hidden_size=config.visual_hidden_size,
+        num_attention_heads=config.visual_num_attention_heads,
+        intermediate_size=config.visual_intermediate_size,
+    )
+
+
+class VlmHfViLBertVisualEmbeddings(nn.Module):
+    """ViLBERT's visual tokens: feature projection + box location projection, then LayerNorm; no token type."""
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.config = config
+        self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
+        self.location_projection = (
+            nn.Linear(config.visual_location_dim, config.hidden_size) if config.visual_location_dim else None
+        )
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        embeddings = self.feature_projection(features)
+        if self.location_projection is not None:
+            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
+            embeddings = embeddings + self.location_projection(locations)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def prepend_image_token(
+    features: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """ViLBERT's [IMG] token in front of the regions: the mean of the real region features, the whole image as box."""
+    weights = torch.ones(features.shape[:2], device=features.device) if mask is None else mask.to(features.device)
+    weights = weights.to(features.dtype).unsqueeze(-1)
+    image_feature = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1.0)
+    whole_image = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+    features = torch.cat([image_feature, features], dim=1)
+    boxes = torch.cat([whole_image.expand(boxes.shape[0], 1, 4), boxes], dim=1)
+    if mask is not None:
+        mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+    return features, boxes, mask
+
+
+class VlmHfCoAttention(nn.Module):
+    """
+    ViLBERT's bi-attention at `fusion_hidden_size`: the text queries attend to the visual keys and values, and the
+    visual queries to the text keys and values.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.fusion_num_attention_heads
+        self.head_dim = config.fusion_hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        width = config.fusion_hidden_size
+        self.text_query = nn.Linear(config.hidden_size, width)
+        self.text_key = nn.Linear(config.hidden_size, width)
+        self.text_value = nn.Linear(config.hidden_size, width)
+        self.visual_query = nn.Linear(config.visual_hidden_size, width)
+        self.visual_key = nn.Linear(config.visual_hidden_size, width)
+        self.visual_value = nn.Linear(config.visual_hidden_size, width)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, query, key, value, key_mask, output_attentions):
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        output, weights = attention(
+            self,
+            self._split_heads(query),
+            self._split_heads(key),
+            self._split_heads(value),
+            key_mask,
+            scaling=self.scaling,
+            dropout=self.dropout.p if self.training else 0.0,
+        )
+        return output.reshape(*query.shape[:2], -1), weights
+
+    def forward(self, text, visual, text_mask=None, visual_mask=None, output_attentions=False):
+        text_context, text_weights = self._attend(
+            self.text_query(text), self.visual_key(visual), self.visual_value(visual), visual_mask, output_attentions
+        )
+        visual_context, visual_weights = self._attend(
+            self.visual_query(visual), self.text_key(text), self.text_value(text), text_mask, output_attentions
+        )
+        return text_context, visual_context, text_weights, visual_weights
+
+
+class VlmHfCoAttentionOutput(nn.Module):
+    """Co-attention context (fusion width) back to a stream's width, residual, LayerNorm."""
+
+    def __init__(self, config: VlmHfConfig, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(config.fusion_hidden_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class VlmHfCoAttentionLayer(GradientCheckpointingLayer):
+    """
+    ViLBERT's connection layer: co-attention (no self-attention), then each stream's own feed-forward. Both directions
+    read the layer's inputs, so the two streams are updated simultaneously.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        visual_config = visual_stream_config(config)
+        self.co_attention = VlmHfCoAttention(config)
+        self.text_attention_output = VlmHfCoAttentionOutput(config, config.hidden_size)
+        self.visual_attention_output = VlmHfCoAttentionOutput(config, config.visual_hidden_size)
+        self.text_intermediate = VlmHfIntermediate(config)
+        self.text_output = VlmHfOutput(config)
+        self.visual_intermediate = VlmHfIntermediate(visual_config)
+        self.visual_output = VlmHfOutput(visual_config)
+
+    def forward(self, text, visual, text_mask=None, visual_mask=None, output_attentions=False):
+        text_context, visual_context, text_weights, visual_weights = self.co_attention(
+            text, visual, text_mask, visual_mask, output_attentions
+        )
+        text = self.text_attention_output(text_context, text)
+        visual = self.visual_attention_output(visual_context, visual)
+        text = self.text_output(self.text_intermediate(text), text)
+        visual = self.visual_output(self.visual_intermediate(visual), visual)
+        return text, visual, text_weights, visual_weights
+
+
+def two_stream_schedule(config: VlmHfConfig) -> list[tuple[str, int]]:
+    """
+    The order of the blocks, ViLBERT's: before co-attention layer `c`, each stream runs its own layers up to depth
+    `co_attention_{text,visual}_layers[c]`; the layers left over run at the end.
+    """
+    steps, text_done, visual_done = [], 0, 0
+    text_depths, visual_depths = config.co_attention_text_layers or [], config.co_attention_visual_layers or []
+    for index, (text_depth, visual_depth) in enumerate(zip(text_depths, visual_depths, strict=True)):
+        steps += [("text", i) for i in range(text_done, text_depth)]
+        steps += [("visual", i) for i in range(visual_done, visual_depth)]
+        steps.append(("co_attention", index))
+        text_done, visual_done = text_depth, visual_depth
+    steps += [("visual", i) for i in range(visual_done, config.visual_num_hidden_layers)]
+    return steps + [("text", i) for i in range(text_done, config.num_hidden_layers)]
+
+
+@dataclass
+class VlmHfTwoStreamEncoderOutput(ModelOutput):
+    r"""
+    Final states, and per block (with `output_hidden_states` / `output_attentions`) the states of each stream after
+    every block that updates it, the self-attention weights of each stream and the co-attention weights of the text
+    queries (`cross_attentions`) and the visual queries (`visual_cross_attentions`).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    visual_last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class VlmHfTwoStreamEncoder(nn.Module):
+    """
+    A text stream (BERT layers, `encoder.layer.N` as in the single-stream model), a visual stream with its own sizes
+    (`encoder.visual_layer.N`) and the co-attention layers between them (`encoder.co_attention_layer.N`, none for
+    the pooled fusions). With one stream missing, the other runs alone, without co-attention.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        visual_config = visual_stream_config(config)
+        self.layer = nn.ModuleList([VlmHfLayer(config) for _ in range(config.num_hidden_layers)])
+        self.visual_layer = nn.ModuleList([VlmHfLayer(visual_config) for _ in range(config.visual_num_hidden_layers)])
+        num_co_attention = len(config.co_attention_text_layers or [])
+        self.co_attention_layer = nn.ModuleList([VlmHfCoAttentionLayer(config) for _ in range(num_co_attention)])
+        self.schedule = two_stream_schedule(config)
+
+    def forward(
+        self,
+        text: torch.Tensor | None,
+        visual: torch.Tensor | None,
+        text_mask: torch.Tensor | None = None,
+        visual_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> VlmHfTwoStreamEncoderOutput:
+        record = {
+            "hidden_states": [text] if output_hidden_states and text is not None else [],
+            "visual_hidden_states": [visual] if output_hidden_states and visual is not None else [],
+        }
+        for name in ("attentions", "visual_attentions", "cross_attentions", "visual_cross_attentions"):
+            record[name] = []
+        for kind, index in self.schedule:
+            # Positional arguments: gradient checkpointing only forwards gradients through those.
+            if kind == "text" and text is not None:
+                text, weights = self.layer[index](text, text_mask, output_attentions)
+                updated = {"hidden_states": text, "attentions": weights}
+            elif kind == "visual" and visual is not None:
+                visual, weights = self.visual_layer[index](visual, visual_mask, output_attentions)
+                updated = {"visual_hidden_states": visual, "visual_attentions": weights}
+            elif kind == "co_attention" and text is not None and visual is not None:
+                text, visual, text_weights, visual_weights = self.co_attention_layer[index](
+                    text, visual, text_mask, visual_mask, output_attentions
+                )
+                updated = {
+                    "hidden_states": text,
+                    "visual_hidden_states": visual,
+                    "cross_attentions": text_weights,
+                    "visual_cross_attentions": visual_weights,
+                }
+            else:
+                continue
+            for name, value in updated.items():
+                if (output_hidden_states if "hidden" in name else output_attentions) and value is not None:
+                    record[name].append(value)
+        return VlmHfTwoStreamEncoderOutput(
+            last_hidden_state=text,
+            visual_last_hidden_state=visual,
+            **{name: tuple(values) if values else None for name, values in record.items()},
+        )
+
+
+class VlmHfStreamPooler(nn.Module):
+    """
+    One stream's summary projected to `fusion_hidden_size`: its first token ([CLS], or ViLBERT's [IMG]) or, for
+    visual tokens without a summary token, the mean of the real tokens.
+    """
+
+    def __init__(self, config: VlmHfConfig, input_size: int, summary_token: bool = True):
+        super().__init__()
+        self.summary_token = summary_token
+        self.dense = nn.Linear(input_size, config.fusion_hidden_size)
+        self.activation = ACT2FN[config.pooler_act]
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.summary_token:
+            summary = states[:, 0]
+        else:
+            weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
+            weights = weights.to(states.dtype).unsqueeze(-1)
+            summary = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.activation(self.dense(summary))
+
+
+class VlmHfPooledFusion(nn.Module):
+    """
+    The joint vector from the two pooled vectors: product or sum (co-attention, `joint_pooling`), `add`, `multiply`,
+    `concat`, or `outer`: the outer product of the bias-augmented vectors `[t; 1] (x) [v; 1]` mapped through a
+    rank-`outer_product_rank` factorised weight, `P((U t + a) * (V v + b)) + c`, linear in the width.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.fusion = config.joint_pooling if config.fusion == "co_attention" else config.fusion
+        if self.fusion == "outer":
+            width, rank = config.fusion_hidden_size, config.outer_product_rank
+            # The factors' biases are the "1" appended to each vector: they give the unimodal terms of the product.
+            self.text_factor = nn.Linear(width, rank)
+            self.visual_factor = nn.Linear(width, rank)
+            self.output = nn.Linear(rank, width)
+
+    def forward(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        if self.fusion in ("add", "sum"):
+            return text + visual
+        if self.fusion in ("multiply", "product"):
+            return text * visual
+        if self.fusion == "concat":
+            return torch.cat([text, visual], dim=-1)
+        return self.output(self.text_factor(text) * self.visual_factor(visual))
+
+
+class VlmHfFusionInteraction(nn.Module):
+    """
+    Attention interaction after a fusion: Transformer layers at the joint width over `[joint vector; text tokens;
+    visual tokens]` (each projected and given a modality embedding); the joint token's final state is returned.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        width = config.joint_hidden_size
+        heads = config.fusion_num_attention_heads
+        layer_config = VlmHfStreamConfig(
+            config, hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width
+        )
+        self.text_projection = nn.Linear(config.hidden_size, width)
+        self.visual_projection = nn.Linear(config.visual_hidden_size, width)
+        self.modality_embeddings = nn.Embedding(3, width)  # 0 joint token, 1 text, 2 visual
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer = nn.ModuleList([VlmHfLayer(layer_config) for _ in range(config.fusion_interaction_layers)])
+
+    def forward(self, joint, text_states, visual_states, text_mask=None, visual_mask=None) -> torch.Tensor:
+        batch_size, text_length, num_visual = joint.shape[0], text_states.shape[1], visual_states.shape[1]
+        tokens = torch.cat(
+            [joint[:, None], self.text_projection(text_states), self.visual_projection(visual_states)], dim=1
+        )
+        modality = torch.tensor([0] + [1] * text_length + [2] * num_visual, device=tokens.device)
+        tokens = self.dropout(self.LayerNorm(tokens + self.modality_embeddings(modality)))
+        mask = joint_attention_mask(text_mask, visual_mask, batch_size, text_length, num_visual, tokens.device)
+        if mask is not None:
+            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        mask = extended_attention_mask(mask, tokens.dtype)
+        for layer in self.layer:
+            tokens, _ = layer(tokens, mask)
+        return tokens[:, 0]
+
+
+class VlmHfTwoStreamPooler(nn.Module):
+    """Each stream's pooler, the fusion of the two pooled vectors, and the optional interaction layers."""
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        self.text_pooler = VlmHfStreamPooler(config, config.hidden_size)
+        self.visual_pooler = VlmHfStreamPooler(
+            config, config.visual_hidden_size, summary_token=config.visual_embedding_type == "vilbert"
+        )
+        self.fusion = VlmHfPooledFusion(config)
+        self.interaction = VlmHfFusionInteraction(config) if config.fusion_interaction_layers else None
+
+    def forward(self, text_states, visual_states, text_mask=None, visual_mask=None):
+        """Returns the joint vector, the pooled text and the pooled visual vector."""
+        text_pooled = self.text_pooler(text_states, text_mask)
+        visual_pooled = self.visual_pooler(visual_states, visual_mask)
+        joint = self.fusion(text_pooled, visual_pooled)
+        if self.interaction is not None:
+            joint = self.interaction(joint, text_states, visual_states, text_mask, visual_mask)
+        return joint, text_pooled, visual_pooled
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -380,6 +922,7 @@ AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_vlm_hf.VlmHfForPreTraining",
     "AutoModelForVisualQuestionAnswering": "modeling_vlm_hf.VlmHfForQuestionAnswering",
     "AutoModelForZeroShotImageClassification": "modeling_vlm_hf.VlmHfForImageTextRetrieval",
+    "AutoModelForSequenceClassification": "modeling_vlm_hf.VlmHfForVisualReasoning",
 }
 
 
@@ -392,7 +935,14 @@ class VlmHfPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _no_split_modules = ["VlmHfEmbeddings", "VlmHfVisualEmbeddings", "VlmHfLayer", "VlmHfVisionBackbone"]
+    _no_split_modules = [
+        "VlmHfEmbeddings",
+        "VlmHfVisualEmbeddings",
+        "VlmHfLayer",
+        "VlmHfVisionBackbone",
+        "VlmHfViLBertVisualEmbeddings",
+        "VlmHfCoAttentionLayer",
+    ]
 
     def __init__(self, config: VlmHfConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
@@ -410,6 +960,17 @@ class VlmHfPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, VlmHfForImageTextRetrieval):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, VlmHfVLBertVisualEmbeddings):
+            # VL-BERT's initialisation: learned vectors ~ N(0, initializer_range), the masked-object feature 0, and the
+            # visual LayerNorm scales 0 (`visual_scale_*_init`), so visual features enter the text gradually.
+            vectors = (module.object_word_embedding, module.mask_word_embedding, module.text_only_embedding)
+            for vector in (*vectors, module.end_embedding):
+                init.normal_(vector, std=self.config.initializer_range)
+            init.zeros_(module.mask_feature_embedding)
+            init.zeros_(module.text_visual_layer_norm.weight)
+            init.zeros_(module.object_visual_layer_norm.weight)
+        elif isinstance(module, VlmHfUniterVisualEmbeddings):
+            init.normal_(module.mask_feature_embedding, std=self.config.initializer_range)
         else:
             super()._init_weights(module)
 
@@ -418,14 +979,35 @@ class VlmHfPreTrainedModel(PreTrainedModel):
 class VlmHfModelOutput(BaseModelOutputWithPooling):
     r"""
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length + num_visual_tokens, hidden_size)`):
-        Final states of the text tokens followed by the visual tokens.
+        Final states of the text tokens followed by the visual tokens (VL-BERT: then its [END] token, one more
+        position). Padding positions carry no meaning (with `pack_text_and_visual_tokens`, often zeros).
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The first ([CLS]) token's final state through the pooler.
     visual_features (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens, visual_feature_dim)`):
-        The visual features before any masking: the targets of masked visual-feature regression.
+        The visual features before any masking: the targets of masked visual-feature regression (with ViLBERT's
+        embeddings, token 0 is the [IMG] token's mean feature).
+
+    Two-stream fusions (`config.fusion != "single_stream"`): `last_hidden_state` and `hidden_states` / `attentions`
+    are the text stream's (`(batch_size, text_length, hidden_size)`, one more token with `task_ids`), `pooler_output`
+    is the joint vector `(batch_size, config.joint_hidden_size)`, and:
+
+    visual_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens, visual_hidden_size)`):
+        Final states of the visual stream.
+    text_pooler_output, visual_pooler_output (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
+        Each stream's pooled vector, before their fusion.
+    visual_hidden_states, visual_attentions, cross_attentions, visual_cross_attentions:
+        The visual stream's states and self-attention weights, and the co-attention weights of the text queries
+        over the visual tokens and of the visual queries over the text tokens.
     """
 
     visual_features: torch.FloatTensor | None = None
+    visual_last_hidden_state: torch.FloatTensor | None = None
+    text_pooler_output: torch.FloatTensor | None = None
+    visual_pooler_output: torch.FloatTensor | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class VlmHfModel(VlmHfPreTrainedModel):
@@ -439,9 +1021,23 @@ class VlmHfModel(VlmHfPreTrainedModel):
         self.embeddings = VlmHfEmbeddings(config)
         self.vision_backbone = VlmHfVisionBackbone(config) if config.vision_backbone else None
         self.visual_pool = nn.AdaptiveAvgPool2d(config.visual_grid)
-        self.visual_embeddings = VlmHfVisualEmbeddings(config)
-        self.encoder = VlmHfEncoder(config)
-        self.pooler = VlmHfPooler(config) if add_pooling_layer else None
+        if config.is_two_stream:
+            # Separate streams: visual tokens at the visual stream's width, two-stream encoder, poolers and fusion.
+            visual_config = visual_stream_config(config)
+            self.visual_embeddings = (
+                VlmHfViLBertVisualEmbeddings(visual_config)
+                if config.visual_embedding_type == "vilbert"
+                else VlmHfVisualEmbeddings(visual_config)
+            )
+            self.task_embeddings = (
+                nn.Embedding(config.num_task_tokens, config.hidden_size) if config.num_task_tokens else None
+            )
+            self.encoder = VlmHfTwoStreamEncoder(config)
+            self.pooler = VlmHfTwoStreamPooler(config) if add_pooling_layer else None
+        else:
+            self.visual_embeddings = VISUAL_EMBEDDING_CLASSES[config.visual_embedding_type](config)
+            self.encoder = VlmHfEncoder(config)
+            self.pooler = VlmHfPooler(config) if add_pooling_layer else None
         self.post_init()
         self._load_pretrained_backbone()
 
@@ -532,7 +1128,11 @@ class VlmHfModel(VlmHfPreTrainedModel):
                 (num_images, num_tokens),
                 "(num_images, num_visual_tokens)",
             )
-        return features, boxes.expand(num_images, num_tokens, 4), visual_attention_mask
+        boxes = boxes.expand(num_images, num_tokens, 4)
+        if pixel_values is not None and self.config.visual_embedding_type == "vlbert":
+            # VL-BERT reads the whole image as box 0 (its text tokens all receive that box's feature).
+            features, boxes, visual_attention_mask = prepend_image_token(features, boxes, visual_attention_mask)
+        return features, boxes, visual_attention_mask
 
     def _grid_mask(self, pixel_mask, pixel_values, visual_attention_mask) -> torch.Tensor:
         """Grid cells that cover no real pixel (only padding) are masked out."""
@@ -562,9 +1162,10 @@ class VlmHfModel(VlmHfPreTrainedModel):
             raise ValueError(
                 f"`pixel_values` must have shape (num_images, 3, height, width), got {tuple(pixel_values.shape)}."
             )
-        if min(pixel_values.shape[-2:]) < _MIN_IMAGE_SIDE:
+        smallest = self.config.vision_stride  # one cell of the feature map
+        if min(pixel_values.shape[-2:]) < smallest:
             raise ValueError(
-                f"`pixel_values` images must be at least {_MIN_IMAGE_SIDE}x{_MIN_IMAGE_SIDE}, got "
+                f"`pixel_values` images must be at least {smallest}x{smallest}, got "
                 f"{tuple(pixel_values.shape[-2:])}."
             )
         pixel_values = pixel_values.to(self.dtype)
@@ -573,15 +1174,57 @@ class VlmHfModel(VlmHfPreTrainedModel):
         return self.visual_pool(feature_map).flatten(2).transpose(1, 2)
 
     def embed_visual(
-        self, features: torch.Tensor, boxes: torch.Tensor, visual_feature_mask: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        visual_feature_mask: torch.Tensor | None = None,
+        text_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Visual token embeddings; tokens flagged in `visual_feature_mask` get zeroed features (masked regression)."""
+        """
+        Visual token embeddings (VL-BERT: followed by its [END] token); tokens flagged in `visual_feature_mask` get
+        zeroed features (masked regression; UNITER and VL-BERT add their learned mask embedding). `text_lengths`
+        (real text tokens per example) place VL-BERT's objects in the position table.
+        """
         if visual_feature_mask is not None:
             _check_leading(
                 "visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)"
             )
             features = features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
-        return self.visual_embeddings(features, boxes)
+        return self.visual_embeddings(features, boxes, self.embeddings, visual_feature_mask, text_lengths)
+
+    def text_visual_context(self, features=None, boxes=None, visual_feature_mask=None) -> torch.Tensor | None:
+        """What every text token adds before the LayerNorm: VL-BERT's whole-image feature; None for the others."""
+        if self.config.visual_embedding_type != "vlbert":
+            return None
+        return self.visual_embeddings.text_visual_context(features, boxes, visual_feature_mask)
+
+    def encode_text(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """
+        The Transformer over the text alone: `BertModel`'s forward for a converted BERT text tower. VL-BERT adds its
+        text-only visual embedding to every token and closes the sequence with [END] (its text-only corpus input);
+        `last_hidden_state` then has one more position than the text.
+        """
+        batch_size, text_length = self.check_text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        if self.config.is_two_stream:  # the text stream alone, without co-attention; pooled by its own pooler
+            text = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+            return self.encode_two_streams(text, attention_mask, None, None, output_attentions, output_hidden_states)
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, self.text_visual_context())
+        if self.config.visual_embedding_type == "vlbert":
+            text_lengths = real_text_lengths(attention_mask, batch_size, text_length, embeddings.device)
+            end = self.visual_embeddings.end_token(text_lengths, self.embeddings)
+            embeddings = torch.cat([embeddings, end], dim=1)
+            if attention_mask is not None:
+                attention_mask = pad_mask(attention_mask, embeddings.shape[1])
+        return self.encode(embeddings, attention_mask, output_attentions, output_hidden_states)
 
     def encode(
         self,
@@ -590,19 +1233,129 @@ class VlmHfModel(VlmHfPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPooling:
-        """Run the Transformer and pooler over already embedded tokens."""
+        """
+        Run the Transformer and pooler over already embedded tokens. With `pack_text_and_visual_tokens`, the real
+        tokens of each example are moved to the front (padding only at the end, UNITER's packing), the Transformer
+        runs over the shortest length that holds them, and the states are put back in place (padding positions
+        the packed run did not reach are zeros); attention weights stay in the packed order.
+        """
+        full_length = embeddings.shape[1]
+        order = None
+        if self.config.pack_text_and_visual_tokens and attention_mask is not None and not bool(attention_mask.all()):
+            order = packing_order(attention_mask)
+            embeddings = embeddings.gather(1, order.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1]))
+            attention_mask = attention_mask.gather(1, order.to(attention_mask.device))
         sequence, hidden_states, attentions = self.encoder(
             embeddings,
             extended_attention_mask(attention_mask, embeddings.dtype),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        if order is not None:
+            sequence = unpack_tokens(sequence, order, full_length)
+            if hidden_states is not None:
+                hidden_states = tuple(unpack_tokens(states, order, full_length) for states in hidden_states)
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence,
             pooler_output=self.pooler(sequence) if self.pooler is not None else None,
             hidden_states=hidden_states,
             attentions=attentions,
         )
+
+    # -- two-stream fusions ------------------------------------------------------------------------------------------
+
+    def embed_visual_stream(
+        self, features: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None, visual_feature_mask=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        The visual stream's input tokens (ViLBERT's [IMG] token first, with `visual_embedding_type="vilbert"`), with
+        the features and mask of those tokens; tokens flagged in `visual_feature_mask` get zeroed features.
+        """
+        if self.config.visual_embedding_type == "vilbert":
+            features, boxes, mask = prepend_image_token(features, boxes, mask)
+        inputs = features
+        if visual_feature_mask is not None:
+            _check_leading(
+                "visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)"
+            )
+            inputs = features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
+        return self.visual_embeddings(inputs, boxes), features, mask
+
+    def insert_task_token(
+        self, text: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """12-in-1's task token: inserted after [CLS], normalised like the text embeddings, with no position or type."""
+        if task_ids is None:
+            return text, attention_mask
+        batch_size = text.shape[0]
+        if task_ids.dim() == 2 and task_ids.shape[1] == 1:
+            task_ids = task_ids[:, 0]
+        if tuple(task_ids.shape) != (batch_size,):
+            raise ValueError(
+                f"`task_ids` must have shape ({batch_size},) or ({batch_size}, 1), got {tuple(task_ids.shape)}."
+            )
+        _check_index_range("task_ids", task_ids, self.config.num_task_tokens, "num_task_tokens")
+        task_token = self.embeddings.dropout(self.embeddings.LayerNorm(self.task_embeddings(task_ids)))
+        text = torch.cat([text[:, :1], task_token[:, None].to(text.dtype), text[:, 1:]], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat(
+                [attention_mask[:, :1], torch.ones_like(attention_mask[:, :1]), attention_mask[:, 1:]], dim=1
+            )
+        return text, attention_mask
+
+    def encode_two_streams(
+        self,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        visual: torch.Tensor | None,
+        visual_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> "VlmHfModelOutput":
+        """
+        Run the two streams over embedded tokens, then the poolers and the fusion. Either stream may be None: the
+        other then runs alone (no co-attention), and `pooler_output` is its pooled vector (retrieval embeddings).
+        """
+        dtype = (text if text is not None else visual).dtype
+        encoded = self.encoder(
+            text,
+            visual,
+            extended_attention_mask(text_mask, dtype),
+            extended_attention_mask(visual_mask, dtype),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        text_states, visual_states = encoded.last_hidden_state, encoded.visual_last_hidden_state
+        joint = text_pooled = visual_pooled = None
+        if self.pooler is not None and text is not None and visual is not None:
+            joint, text_pooled, visual_pooled = self.pooler(text_states, visual_states, text_mask, visual_mask)
+        elif self.pooler is not None:
+            text_pooled = self.pooler.text_pooler(text_states) if text is not None else None
+            visual_pooled = self.pooler.visual_pooler(visual_states, visual_mask) if visual is not None else None
+            joint = text_pooled if visual is None else visual_pooled
+        return VlmHfModelOutput(
+            last_hidden_state=text_states,
+            pooler_output=joint,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+            visual_last_hidden_state=visual_states,
+            text_pooler_output=text_pooled,
+            visual_pooler_output=visual_pooled,
+            visual_hidden_states=encoded.visual_hidden_states,
+            visual_attentions=encoded.visual_attentions,
+            cross_attentions=encoded.cross_attentions,
+            visual_cross_attentions=encoded.visual_cross_attentions,
+        )
+
+    def _two_stream_forward(
+        self, text_inputs, attention_mask, features, boxes, visual_mask, visual_feature_mask, task_ids, **outputs
+    ) -> "VlmHfModelOutput":
+        text = self.embeddings(*text_inputs)
+        text, attention_mask = self.insert_task_token(text, attention_mask, task_ids)
+        visual, features, visual_mask = self.embed_visual_stream(features, boxes, visual_mask, visual_feature_mask)
+        encoded = self.encode_two_streams(text, attention_mask, visual, visual_mask, **outputs)
+        encoded.visual_features = features
+        return encoded
 
     @can_return_tuple
     def forward(
@@ -619,6 +1372,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
         image_index: torch.LongTensor | None = None,
         visual_feature_mask: torch.BoolTensor | None = None,
+        task_ids: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -638,7 +1392,11 @@ class VlmHfModel(VlmHfPreTrainedModel):
             Text `i` is paired with image `image_index[i]`; each image goes through the backbone once however many
             texts share it. Without it, `num_images` must equal `batch_size` and text `i` uses image `i`.
         visual_feature_mask (`torch.BoolTensor` of shape `(batch_size, num_visual_tokens)`):
-            Visual tokens whose input features are zeroed (masked visual-feature modelling).
+            Visual tokens whose input features are zeroed (masked visual-feature modelling). With ViLBERT's
+            embeddings the tokens are the [IMG] token followed by the regions.
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            With `config.num_task_tokens`: the task token inserted after [CLS] (12-in-1); text outputs then have one
+            more position, at index 1.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -649,12 +1407,29 @@ class VlmHfModel(VlmHfPreTrainedModel):
             pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
         features, boxes, visual_mask = pair_with_texts(batch_size, image_index, features, boxes, visual_mask)
+        if task_ids is not None and getattr(self, "task_embeddings", None) is None:
+            raise ValueError("`task_ids` need task tokens: this model has none (config.num_task_tokens=0).")
+        if self.config.is_two_stream:
+            text_inputs = (input_ids, token_type_ids, position_ids, inputs_embeds)
+            return self._two_stream_forward(
+                text_inputs,
+                attention_mask,
+                features,
+                boxes,
+                visual_mask,
+                visual_feature_mask,
+                task_ids,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
 
-        text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        visual_embeddings = self.embed_visual(features, boxes, visual_feature_mask)
+        text_lengths = real_text_lengths(attention_mask, batch_size, text_length, features.device)
+        visual_embeddings = self.embed_visual(features, boxes, visual_feature_mask, text_lengths)
+        visual_context = self.text_visual_context(features, boxes, visual_feature_mask)
+        text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, visual_context)
         embeddings = torch.cat([text_embeddings, visual_embeddings], dim=1)
         mask = joint_attention_mask(
-            attention_mask, visual_mask, batch_size, text_length, features.shape[1], embeddings.device
+            attention_mask, visual_mask, batch_size, text_length, visual_embeddings.shape[1], embeddings.device
         )
 
         outputs = self.encode(embeddings, mask, output_attentions, output_hidden_states)
@@ -685,7 +1460,39 @@ def joint_attention_mask(text_mask, visual_mask, batch_size, text_length, num_vi
         text_mask = torch.ones(batch_size, text_length, dtype=torch.long, device=device)
     if visual_mask is None:
         visual_mask = torch.ones(batch_size, num_visual, dtype=torch.long, device=device)
-    return torch.cat([text_mask.to(device).long(), visual_mask.to(device).long()], dim=1)
+    # Tokens after the visual ones (VL-BERT's [END]) are always attended to.
+    visual_mask = pad_mask(visual_mask.to(device), num_visual)
+    return torch.cat([text_mask.to(device).long(), visual_mask.long()], dim=1)
+
+
+def pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Extend a (batch, n) mask with ones up to `length` tokens."""
+    extra = length - mask.shape[1]
+    return mask if extra <= 0 else torch.cat([mask, mask.new_ones(mask.shape[0], extra)], dim=1)
+
+
+def real_text_lengths(attention_mask, batch_size: int, text_length: int, device) -> torch.Tensor:
+    """Real (unpadded) text tokens per example; texts are right-padded."""
+    if attention_mask is None:
+        return torch.full((batch_size,), text_length, dtype=torch.long, device=device)
+    return attention_mask.to(device).long().sum(1)
+
+
+def packing_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """
+    (batch, packed_length) positions that gather each example's real tokens, in order, to the front; packed_length is
+    the largest number of real tokens in the batch.
+    """
+    valid = attention_mask.bool()
+    packed_length = max(int(valid.sum(1).max()), 1)
+    # A stable sort on "is padding" keeps the real tokens' order and moves the padding behind them.
+    return torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)[:, :packed_length]
+
+
+def unpack_tokens(packed: torch.Tensor, order: torch.Tensor, length: int) -> torch.Tensor:
+    """Inverse of the packing gather: states back at their original positions, zeros where nothing was computed."""
+    index = order.to(packed.device).unsqueeze(-1).expand(-1, -1, packed.shape[-1])
+    return packed.new_zeros(packed.shape[0], length, packed.shape[-1]).scatter(1, index, packed)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -715,10 +1522,39 @@ class VlmHfVisualRegressionHead(nn.Module):
     def __init__(self, config: VlmHfConfig):
         super().__init__()
         self.transform = VlmHfPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.visual_feature_dim)
+        if config.tie_visual_regression_weights:
+            # UNITER's feat_regress: the decoder is the visual feature projection's weight, transposed (no own weight).
+            self.decoder = None
+            self.bias = nn.Parameter(torch.zeros(config.visual_feature_dim))
+        else:
+            self.decoder = nn.Linear(config.hidden_size, config.visual_feature_dim)
+
+    def forward(self, hidden_states: torch.Tensor, projection_weight: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = self.transform(hidden_states)
+        if self.decoder is None:
+            return F.linear(hidden_states, projection_weight.t(), self.bias)
+        return self.decoder(hidden_states)
+
+
+class VlmHfRegionClassificationHead(nn.Module):
+    """
+    Masked region classification: dense, activation, LayerNorm (UNITER's MRC; VL-BERT's MVRC has none), then the
+    object classes (`num_region_classes`) of the detector that labelled the regions.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__()
+        hidden_size = config.visual_stream_hidden_size
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps) if config.region_head_layer_norm else None
+        self.decoder = nn.Linear(hidden_size, config.num_region_classes)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states))
+        hidden_states = self.activation(self.dense(hidden_states))
+        if self.LayerNorm is not None:
+            hidden_states = self.LayerNorm(hidden_states)
+        return self.decoder(hidden_states)
 
 
 @dataclass
@@ -735,15 +1571,23 @@ class VlmHfForPreTrainingOutput(ModelOutput):
         Image-text matching scores; index 1 means "the text describes the image".
     visual_predictions (`torch.FloatTensor` of shape `(num_masked_visual_tokens, visual_feature_dim)`):
         Regressed features of the masked visual tokens, when `visual_feature_mask` is given.
+    region_logits (`torch.FloatTensor`):
+        Object-class scores of the region classification head (`num_region_classes` > 0): `(num_masked_visual_tokens,
+        num_region_classes)` at the masked visual tokens when `visual_feature_mask` is given, else
+        `(batch_size, num_visual_tokens, num_region_classes)`.
+    mrc_loss (`torch.FloatTensor` of shape `()`):
+        Masked region classification loss, when `region_labels` are given.
     """
 
     loss: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
     itm_loss: torch.FloatTensor | None = None
     mvf_loss: torch.FloatTensor | None = None
+    mrc_loss: torch.FloatTensor | None = None
     prediction_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     visual_predictions: torch.FloatTensor | None = None
+    region_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -760,8 +1604,9 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
         super().__init__(config)
         self.vlm_hf = VlmHfModel(config)
         self.cls = VlmHfPreTrainingHeads(config)
-        self.itm_head = nn.Linear(config.hidden_size, 2)
-        self.mvf_head = VlmHfVisualRegressionHead(config)
+        self.itm_head = nn.Linear(config.joint_hidden_size, 2)
+        self.mvf_head = VlmHfVisualRegressionHead(visual_stream_config(config))
+        self.mrc_head = VlmHfRegionClassificationHead(config) if config.num_region_classes else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -787,6 +1632,8 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
         visual_feature_mask: torch.BoolTensor | None = None,
         labels: torch.LongTensor | None = None,
         itm_labels: torch.LongTensor | None = None,
+        region_labels: torch.Tensor | None = None,
+        task_ids: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -798,6 +1645,12 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             1 when the text describes its image, 0 for a mismatched pair.
         visual_feature_mask (`torch.BoolTensor` of shape `(batch_size, num_visual_tokens)`):
             Visual tokens to mask; their original features are regressed (mean squared error).
+        region_labels (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens, num_region_classes)` or
+        `torch.LongTensor` of shape `(batch_size, num_visual_tokens)`):
+            Object classes of the masked visual tokens for the region classification head: the detector's class
+            distribution (soft cross-entropy, UNITER's MRC-kl / VL-BERT's MVRC) or class ids.
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            Task tokens (`config.num_task_tokens`); `labels` keep the text's shape, the task position is not scored.
         """
         outputs = self.vlm_hf(
             input_ids,
@@ -812,12 +1665,18 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             visual_attention_mask=visual_attention_mask,
             image_index=image_index,
             visual_feature_mask=visual_feature_mask,
+            task_ids=task_ids,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         text_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        text_states = outputs.last_hidden_state[:, :text_length]
-        visual_states = outputs.last_hidden_state[:, text_length:]
+        if outputs.visual_last_hidden_state is not None:  # two streams: each head reads its own stream
+            text_states, visual_states = outputs.last_hidden_state, outputs.visual_last_hidden_state
+            if labels is not None and task_ids is not None and labels.shape == (text_states.shape[0], text_length):
+                labels = torch.cat([labels[:, :1], torch.full_like(labels[:, :1], -100), labels[:, 1:]], dim=1)
+        else:
+            text_states = outputs.last_hidden_state[:, :text_length]
+            visual_states = outputs.last_hidden_state[:, text_length:]
 
         mlm_loss = None
         if labels is not None:
@@ -843,24 +1702,54 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
 
         visual_predictions = mvf_loss = None
+        # Only the visual tokens themselves (not VL-BERT's [END] after them).
+        visual_states = visual_states[:, : outputs.visual_features.shape[1]]
         if visual_feature_mask is not None:
             masked_visual = visual_feature_mask.bool()
-            visual_predictions = self.mvf_head(visual_states[masked_visual])
+            projection = getattr(self.vlm_hf.visual_embeddings, "feature_projection", None)
+            visual_predictions = self.mvf_head(
+                visual_states[masked_visual], projection.weight if projection is not None else None
+            )
             if masked_visual.any():
                 targets = outputs.visual_features[masked_visual].detach()
                 mvf_loss = F.mse_loss(visual_predictions.float(), targets.float())
+        region_logits, mrc_loss = self._region_classification(visual_states, visual_feature_mask, region_labels)
 
         return VlmHfForPreTrainingOutput(
-            loss=_sum_losses(mlm_loss, itm_loss, mvf_loss),
+            loss=_sum_losses(mlm_loss, itm_loss, mvf_loss, mrc_loss),
             mlm_loss=mlm_loss,
             itm_loss=itm_loss,
             mvf_loss=mvf_loss,
+            mrc_loss=mrc_loss,
             prediction_logits=prediction_logits,
             itm_logits=itm_logits,
             visual_predictions=visual_predictions,
+            region_logits=region_logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _region_classification(self, visual_states, visual_feature_mask, region_labels):
+        """Region logits (at the masked tokens when a mask is given) and the cross-entropy against `region_labels`."""
+        if self.mrc_head is None:
+            if region_labels is not None:
+                raise ValueError("`region_labels` need a region classification head: set config.num_region_classes.")
+            return None, None
+        if visual_feature_mask is None:
+            if region_labels is not None:
+                raise ValueError("`region_labels` score masked regions: pass `visual_feature_mask` too.")
+            return self.mrc_head(visual_states), None
+        masked = visual_feature_mask.bool()
+        logits = self.mrc_head(visual_states[masked])
+        if region_labels is None or not masked.any():
+            return logits, None
+        num_classes = self.config.num_region_classes
+        if region_labels.is_floating_point():
+            _check_leading("region_labels", region_labels, (*masked.shape, num_classes), "(batch, tokens, classes)")
+            return logits, F.cross_entropy(logits.float(), region_labels[masked].float())
+        _check_leading("region_labels", region_labels, masked.shape, "(batch_size, num_visual_tokens)")
+        _check_index_range("region_labels", region_labels[masked], num_classes, "num_region_classes")
+        return logits, F.cross_entropy(logits.float(), region_labels[masked])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -869,18 +1758,39 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
 
 
 class VlmHfAnswerHead(nn.Module):
-    """Two-layer answer classifier over the pooled output (UNITER's VQA head)."""
+    """
+    Answer classifier: dense, activation, LayerNorm, linear (UNITER's VQA head at width 2H, VL-BERT's at H), or a
+    single linear layer (`answer_head="linear"`, VisualBERT).
+    """
 
     def __init__(self, config: VlmHfConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, 2 * config.hidden_size)
-        self.activation = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        width = config.joint_hidden_size
+        self.dense = self.activation = self.LayerNorm = None
+        if config.answer_head == "mlp":
+            width, hidden_width = config.answer_head_hidden_size, width
+            self.dense = nn.Linear(hidden_width, width)
+            self.activation = ACT2FN[config.hidden_act]
+            self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = nn.Linear(2 * config.hidden_size, config.num_labels)
+        self.out_proj = nn.Linear(width, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.dropout(self.LayerNorm(self.activation(self.dense(pooled)))))
+        if self.dense is not None:
+            pooled = self.LayerNorm(self.activation(self.dense(pooled)))
+        return self.out_proj(self.dropout(pooled))
+
+
+def answer_token_states(sequence: torch.Tensor, attention_mask, text_length: int) -> torch.Tensor:
+    """The state of the text token at position (text length - 2): VisualBERT's and VL-BERT's answer position."""
+    batch_size = sequence.shape[0]
+    if attention_mask is None:
+        index = torch.full((batch_size,), text_length - 2, device=sequence.device)
+    else:
+        index = attention_mask.to(sequence.device).long().sum(1) - 2
+    if bool((index < 0).any()):
+        raise ValueError("answer_pooling='answer_token' reads text position (text length - 2): texts need 2+ tokens.")
+    return sequence[torch.arange(batch_size, device=sequence.device), index]
 
 
 @dataclass
@@ -920,6 +1830,7 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
         image_index: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
+        task_ids: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -928,6 +1839,8 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
         labels (`torch.FloatTensor` of shape `(batch_size, num_labels)` or `torch.LongTensor` of shape `(batch_size,)`):
             Soft answer scores in [0, 1] (VQA v2: min(#annotators who gave the answer / 3, 1)), or one answer id
             per question.
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            Task tokens (`config.num_task_tokens`, 12-in-1).
         """
         outputs = self.vlm_hf(
             input_ids,
@@ -941,10 +1854,15 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
             visual_boxes=visual_boxes,
             visual_attention_mask=visual_attention_mask,
             image_index=image_index,
+            task_ids=task_ids,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.classifier(outputs.pooler_output)
+        if self.config.answer_pooling == "answer_token":
+            text_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            logits = self.classifier(answer_token_states(outputs.last_hidden_state, attention_mask, text_length))
+        else:
+            logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
             targets = self._soft_targets(labels, logits)
@@ -967,6 +1885,90 @@ class VlmHfForQuestionAnswering(VlmHfPreTrainedModel):
             raise ValueError(f"Answer-id `labels` must have shape ({batch_size},), got {tuple(labels.shape)}.")
         _check_index_range("labels", labels, num_labels, "num_labels")
         return F.one_hot(labels, num_labels).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Visual reasoning (image-text pair classification)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VlmHfForVisualReasoningOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        Cross-entropy against `labels`.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Class scores of each (text, image) pair, e.g. NLVR2's false / true.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class VlmHfForVisualReasoning(VlmHfPreTrainedModel):
+    """
+    Classifies each text with its image(s) (NLVR2: is the statement true of the image pair?): dropout and a linear
+    layer over the pooled output, as VisualBERT's `VisualBertForVisualReasoning`. For NLVR2's two images, pass the
+    regions of both as one image's `visual_embeds`.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__(config)
+        self.vlm_hf = VlmHfModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.joint_hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        visual_embeds: torch.FloatTensor | None = None,
+        visual_boxes: torch.FloatTensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        image_index: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> VlmHfForVisualReasoningOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`):
+            The class of each pair, in `[0, num_labels)`.
+        """
+        outputs = self.vlm_hf(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            visual_embeds=visual_embeds,
+            visual_boxes=visual_boxes,
+            visual_attention_mask=visual_attention_mask,
+            image_index=image_index,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:1]:
+                raise ValueError(f"`labels` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
+            _check_index_range("labels", labels, self.config.num_labels, "num_labels")
+            loss = F.cross_entropy(logits.float(), labels)
+        return VlmHfForVisualReasoningOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1010,9 +2012,9 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
     def __init__(self, config: VlmHfConfig):
         super().__init__(config)
         self.vlm_hf = VlmHfModel(config)
-        self.itm_head = nn.Linear(config.hidden_size, 2)
-        self.text_projection = nn.Linear(config.hidden_size, config.retrieval_embed_dim, bias=False)
-        self.image_projection = nn.Linear(config.hidden_size, config.retrieval_embed_dim, bias=False)
+        self.itm_head = nn.Linear(config.joint_hidden_size, 2)
+        self.text_projection = nn.Linear(config.stream_pooled_size, config.retrieval_embed_dim, bias=False)
+        self.image_projection = nn.Linear(config.stream_pooled_size, config.retrieval_embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.post_init()
 
@@ -1022,9 +2024,11 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
-        """(num_texts, retrieval_embed_dim) projections of the texts encoded alone (pooled [CLS])."""
-        self.vlm_hf.check_text_inputs(input_ids, attention_mask, token_type_ids, None)
-        outputs = self.vlm_hf.encode(self.vlm_hf.embeddings(input_ids, token_type_ids), attention_mask)
+        """
+        (num_texts, retrieval_embed_dim) projections of the texts encoded alone (pooled [CLS]; with two streams, the
+        text stream without co-attention).
+        """
+        outputs = self.vlm_hf.encode_text(input_ids, attention_mask, token_type_ids)
         return self.text_projection(outputs.pooler_output)
 
     def get_image_features(
@@ -1035,14 +2039,22 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         visual_boxes: torch.FloatTensor | None = None,
         visual_attention_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
-        """(num_images, retrieval_embed_dim) projections of the images encoded alone (mean of their visual tokens)."""
+        """
+        (num_images, retrieval_embed_dim) projections of the images encoded alone: the mean of their visual tokens,
+        or with two streams the visual stream's pooled vector (without co-attention).
+        """
         visual = self.vlm_hf.get_visual_features(
             pixel_values, visual_embeds, visual_boxes, visual_attention_mask, pixel_mask
         )
         return self._project_images(*visual)
 
     def _project_images(self, features, boxes, mask) -> torch.FloatTensor:
-        outputs = self.vlm_hf.encode(self.vlm_hf.embed_visual(features, boxes), mask)
+        if self.config.is_two_stream:  # the visual stream alone, pooled by its own pooler
+            visual, _, mask = self.vlm_hf.embed_visual_stream(features, boxes, mask)
+            return self.image_projection(self.vlm_hf.encode_two_streams(None, None, visual, mask).pooler_output)
+        embeddings = self.vlm_hf.embed_visual(features, boxes)
+        mask = None if mask is None else pad_mask(mask, embeddings.shape[1])  # VL-BERT's [END]
+        outputs = self.vlm_hf.encode(embeddings, mask)
         states = outputs.last_hidden_state
         weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
         weights = weights.to(states.dtype).unsqueeze(-1)
@@ -1063,6 +2075,7 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         image_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         return_loss: bool | None = None,
+        task_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
     ) -> VlmHfForImageTextRetrievalOutput:
         r"""
@@ -1073,6 +2086,8 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
             contrastive positives.
         return_loss (`bool`):
             Compute the symmetric contrastive loss over the similarity matrix.
+        task_ids (`torch.LongTensor` of shape `(num_texts,)`):
+            Task tokens of the joint image-text matching pass (`config.num_task_tokens`, 12-in-1).
         """
         text_embeds = F.normalize(self.get_text_features(input_ids, attention_mask, token_type_ids), dim=-1)
         # The backbone runs once: its features serve both the separate image embeddings and the joint ITM pass.
@@ -1099,6 +2114,7 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
                 visual_boxes=boxes,
                 visual_attention_mask=visual_mask,
                 image_index=image_index,
+                task_ids=task_ids,
             )
             itm_logits = self.itm_head(joint.pooler_output)
             if labels is not None:
@@ -1152,5 +2168,6 @@ __all__ = [
     "VlmHfModel",
     "VlmHfForPreTraining",
     "VlmHfForQuestionAnswering",
+    "VlmHfForVisualReasoning",
     "VlmHfForImageTextRetrieval",
 ]

@@ -3,21 +3,30 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
+from accelerate.data_loader import IterableDatasetShard
+from datasets.distributed import split_dataset_by_node
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from .configuration_vlm_hf import VlmHfConfig
 from .data import PretrainingCollator, RetrievalCollator, VqaCollator, answer_vocabulary, generate_synthetic_dataset
+from .data.sources import DataSourceArguments, arrange_rows, check_data_arguments, load_data
+from .data.streaming import ProcessPart
+from .data.vqa_answers import answer_vocabulary_from
 from .image_processing_vlm_hf import VlmHfImageProcessor
+from .model_card import TrainingSummary, write_model_card
 from .modeling_vlm_hf import VlmHfForImageTextRetrieval, VlmHfForPreTraining, VlmHfForQuestionAnswering
 from .processing_vlm_hf import VlmHfProcessor
 from .tokenization import train_wordpiece_tokenizer
 
 TASK_MODELS = {"vqa": VlmHfForQuestionAnswering, "retrieval": VlmHfForImageTextRetrieval}
+TOKENIZER_SAMPLE = 20_000  # rows of a stream that a new model's tokenizer learns from
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(default="synthetic", metadata={"help": "'synthetic' (generated scenes)"})
+class DataArguments(DataSourceArguments):
+    """`--dataset` and its files (see `vlm_hf.data.sources`), and the synthetic scenes' settings."""
+
     num_train_images: int = field(default=2000, metadata={"help": "synthetic scenes to train on"})
     image_size: int = field(default=128, metadata={"help": "side of the synthetic scenes, and of the processed images"})
     max_objects: int = field(default=3, metadata={"help": "most objects in a synthetic scene"})
@@ -32,37 +41,68 @@ class ModelArguments:
     vision_backbone: str = field(default="resnet18")
     hidden_size: int = field(default=256)
     num_hidden_layers: int = field(default=4)
+    vision_feature_layer: str | None = field(
+        default=None, metadata={"help": "ResNet stage that gives the grid (layer1..layer4; default: the last)"}
+    )
     visual_grid: int = field(default=4)
+    initializer_range: float = field(
+        default=0.02, metadata={"help": "std of a new model's Transformer weights (larger learns faster when small)"}
+    )
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision backbone fixed"})
     vocab_size: int = field(default=1000, metadata={"help": "size of the WordPiece vocabulary trained for a new model"})
     hidden_dropout_prob: float = field(default=0.1)
     attention_probs_dropout_prob: float = field(default=0.1)
 
 
-def parse_arguments(argv: list[str] | None, prog: str) -> tuple[DataArguments, ModelArguments, TrainingArguments]:
+def parse_arguments(
+    argv: list[str] | None, prog: str, task: str = "pretrain"
+) -> tuple[DataArguments, ModelArguments, TrainingArguments]:
     parser = HfArgumentParser((DataArguments, ModelArguments, TrainingArguments), prog=prog)
     data_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     folder = model_args.model_name_or_path
     if folder and not Path(folder, "config.json").is_file():
         parser.error(f"--model_name_or_path {folder!r} is not a saved vlm_hf folder (no config.json)")
-    if data_args.dataset != "synthetic":
-        parser.error(f"--dataset {data_args.dataset!r} is not supported yet; use 'synthetic'")
+    try:  # every data file is checked before anything is written to --output_dir
+        check_data_arguments(data_args, task, max_steps=training_args.max_steps)
+    except ValueError as error:
+        parser.error(str(error))
+    if data_args.streaming:
+        # Each process streams its own part (`for_this_process`). Batches dispatched from the main process would be
+        # concatenated and re-sliced, which the image-grouped batches (questions per image vary) do not survive.
+        training_args.accelerator_config.dispatch_batches = False
     training_args.remove_unused_columns = False  # the collators read the raw image and text columns
     set_seed(training_args.seed)  # before the model is built, so that a new model's weights follow --seed
     return data_args, model_args, training_args
 
 
-def load_dataset(data_args: DataArguments, seed: int):
-    return generate_synthetic_dataset(
+def load_dataset(data_args: DataArguments, seed: int, task: str = "pretrain"):
+    if data_args.dataset != "synthetic":
+        return load_data(data_args, task)
+    scenes = generate_synthetic_dataset(
         data_args.num_train_images,
         seed=seed + data_args.data_seed_offset,
         image_size=data_args.image_size,
         max_objects=data_args.max_objects,
     )
+    return arrange_rows(scenes, data_args.group_by_image, task)
+
+
+def for_this_process(dataset, data_args: DataArguments, training_args: TrainingArguments):
+    """A stream, shuffled with the same seed everywhere, then split so that each process reads only its own part."""
+    if not isinstance(dataset, datasets.IterableDataset):
+        return dataset  # map-style: Accelerate's sampler gives each process its own rows
+    if data_args.shuffle_buffer_size > 0:
+        dataset = dataset.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size)
+    if training_args.world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=training_args.process_index, world_size=training_args.world_size)
+    return ProcessPart(dataset)
 
 
 def corpus_of(dataset) -> list[str]:
-    return [t for row in dataset.select_columns(["captions", "questions"]) for t in row["captions"] + row["questions"]]
+    rows = dataset.select_columns(["captions", "questions"])
+    if isinstance(rows, datasets.IterableDataset):
+        rows = rows.take(TOKENIZER_SAMPLE)  # the start of the (unsplit) stream, the same in every process
+    return [t for row in rows for t in row["captions"] + row["questions"]]
 
 
 def build_processor(model_args: ModelArguments, data_args: DataArguments, dataset) -> VlmHfProcessor:
@@ -87,39 +127,63 @@ def build_model(model_class, model_args: ModelArguments, processor, **config_ove
         vision_backbone=model_args.vision_backbone,
         hidden_size=model_args.hidden_size,
         num_hidden_layers=model_args.num_hidden_layers,
+        vision_feature_layer=model_args.vision_feature_layer,
         visual_grid=model_args.visual_grid,
+        initializer_range=model_args.initializer_range,
         **training_options,
         **config_overrides,
     )
     return model_class(config)
 
 
-def train(model, processor, dataset, collator, training_args: TrainingArguments) -> Trainer:
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+class VlmHfTrainer(Trainer):
+    """transformers' Trainer, told that a streamed `ProcessPart` is this process's share already."""
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        shard = getattr(dataloader, "dataset", None)
+        if isinstance(shard, IterableDatasetShard) and isinstance(shard.dataset, ProcessPart):
+            # Accelerate would keep one batch in `num_processes` of what this process reads: make it a pass-through
+            # (as the Trainer does for its own rank-aware samplers).
+            shard.num_processes, shard.process_index = 1, 0
+        return dataloader
+
+
+def train(
+    model, processor, dataset, collator, training_args: TrainingArguments, dataset_name: str | None = None
+) -> Trainer:
+    trainer = VlmHfTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
+        # The card describes the saved folder (read back from its config, so sharded training counts right too).
+        training = TrainingSummary.from_trainer(trainer, dataset_name=dataset_name)
+        write_model_card(training_args.output_dir, training=training)
     return trainer
 
 
 def pretrain(argv: list[str] | None = None) -> Trainer:
-    data_args, model_args, training_args = parse_arguments(argv, prog="vlm-hf pretrain")
-    dataset = load_dataset(data_args, training_args.seed)
+    data_args, model_args, training_args = parse_arguments(argv, prog="vlm-hf pretrain", task="pretrain")
+    dataset = load_dataset(data_args, training_args.seed, task="pretrain")
     processor = build_processor(model_args, data_args, dataset)
     model = build_model(VlmHfForPreTraining, model_args, processor)
     collator = PretrainingCollator(processor, model.config.num_visual_tokens, seed=training_args.seed)
-    return train(model, processor, dataset, collator, training_args)
+    return train(model, processor, for_this_process(dataset, data_args, training_args), collator, training_args)
 
 
 def finetune(task: str, argv: list[str] | None = None) -> Trainer:
     if task not in TASK_MODELS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_MODELS)}.")
-    data_args, model_args, training_args = parse_arguments(argv, prog=f"vlm-hf finetune --task {task}")
-    dataset = load_dataset(data_args, training_args.seed)
+    data_args, model_args, training_args = parse_arguments(argv, prog=f"vlm-hf finetune --task {task}", task=task)
+    dataset = load_dataset(data_args, training_args.seed, task=task)
     processor = build_processor(model_args, data_args, dataset)
     if task == "vqa":
-        labels = answer_vocabulary(data_args.max_objects)
+        labels = (  # the synthetic scenes' fixed answers, else the most frequent training answers
+            answer_vocabulary(data_args.max_objects)
+            if data_args.dataset == "synthetic"
+            else answer_vocabulary_from(dataset, data_args.max_answers, data_args.min_answer_count)
+        )
         label2id = {label: i for i, label in enumerate(labels)}
         model = build_model(
             VlmHfForQuestionAnswering,
@@ -133,7 +197,7 @@ def finetune(task: str, argv: list[str] | None = None) -> Trainer:
     else:
         model = build_model(VlmHfForImageTextRetrieval, model_args, processor)
         collator = RetrievalCollator(processor, seed=training_args.seed)
-    return train(model, processor, dataset, collator, training_args)
+    return train(model, processor, for_this_process(dataset, data_args, training_args), collator, training_args)
 
 
 __all__ = ["pretrain", "finetune", "DataArguments", "ModelArguments"]

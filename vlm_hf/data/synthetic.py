@@ -2,7 +2,8 @@
 
 Each scene holds 1 to `max_objects` shapes (circle, square, triangle) of four colours and two sizes, one per cell of a
 3x3 layout grid (with jitter), on a lightly tinted background. Questions ask for a colour, a shape, a count, whether
-an object exists, and the relative position of two objects; captions describe the objects and one spatial relation.
+an object exists, and where an object is relative to the picture (which column or row of the layout); captions
+describe the objects and one spatial relation between two of them.
 Yes/no questions are balanced, so a model that ignores the image cannot beat chance on them.
 """
 
@@ -17,6 +18,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), 
 SIZES = {"small": 0.09, "large": 0.15}  # radius as a fraction of the image side
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION_TYPES = ("colour", "shape", "count", "exist", "position")
+COLUMNS = ("left", "middle", "right")  # the 3x3 layout's columns and rows, as answers
+ROWS = ("top", "middle", "bottom")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class SceneObject:
 
 def answer_vocabulary(max_objects: int = 3) -> list[str]:
     """Every answer the generator can produce, in a fixed order (the classifier's labels)."""
-    return [*COLOURS, *SHAPES, *NUMBER_WORDS[: max_objects + 1], "yes", "no", "left", "right"]
+    return [*COLOURS, *SHAPES, *NUMBER_WORDS[: max_objects + 1], "yes", "no", *dict.fromkeys(COLUMNS + ROWS)]
 
 
 def sample_objects(rng: np.random.Generator, max_objects: int) -> list[SceneObject]:
@@ -115,13 +118,13 @@ def ask_exist(objects, rng):
 
 def ask_position(objects, rng):
     candidates = unique_by(objects, lambda o: o.name)
-    pairs = [(a, b) for a in candidates for b in candidates if a is not b and abs(a.x - b.x) > 0.1]
-    if not pairs:
+    if not candidates:
         return None
-    a, b = pairs[rng.integers(len(pairs))]
+    obj = candidates[rng.integers(len(candidates))]
+    # Objects sit in a 3x3 layout with a jitter of at most 0.05, so the column and row are never ambiguous.
     if rng.random() < 0.5:
-        return f"is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no"
-    return f"is the {a.name} on the left or right of the {b.name}?", "left" if a.x < b.x else "right"
+        return f"is the {obj.name} on the left, in the middle or on the right?", COLUMNS[int(obj.x * 3)]
+    return f"is the {obj.name} at the top, in the middle or at the bottom?", ROWS[int(obj.y * 3)]
 
 
 ASKERS = {"colour": ask_colour, "shape": ask_shape, "count": ask_count, "exist": ask_exist, "position": ask_position}

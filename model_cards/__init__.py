@@ -1,0 +1,1 @@
+"""Model card templates (installed as `vlm_hf.model_cards`)."""
