@@ -16,8 +16,10 @@ knows it cannot fill. `map_state_dict` then guarantees that:
 The result is a `ConversionReport` whose `summary()` lists what was mapped, dropped and missing.
 """
 
+import argparse
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,31 @@ _LEGACY_LAYER_NORM_NAMES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"
 Rule = tuple[str, str]
 # A transform applied to a source tensor before the shape check (e.g. swapping the rows of a classifier).
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+# `BertConfig` attributes that VisualBERT's config and any BERT text tower share with `VlmHfConfig`, under one name.
+BERT_CONFIG_ATTRIBUTES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+# Hyperparameters an original JSON / YAML config states and its tensors do not show.
+_ORIGINAL_HYPERPARAMETERS = (
+    "num_attention_heads",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+)
 
 
 @dataclass
@@ -209,12 +236,70 @@ def count_layers(state_dict: Mapping[str, torch.Tensor], marker: str = "encoder.
     return 1 + max(indices)
 
 
+def bert_config_values(config) -> dict:
+    """The `BERT_CONFIG_ATTRIBUTES` of a transformers BERT-family config, as `VlmHfConfig` arguments."""
+    return {name: getattr(config, name) for name in BERT_CONFIG_ATTRIBUTES}
+
+
+def original_hyperparameters(original: Mapping, hidden_size: int) -> dict:
+    """
+    The attention heads, activation, dropouts and initializer range that an original config states. Without
+    `num_attention_heads` (the one size the tensors do not show), 64-wide heads are assumed, with a warning.
+    """
+    values = {key: original[key] for key in _ORIGINAL_HYPERPARAMETERS if key in original}
+    if "num_attention_heads" not in values:
+        values["num_attention_heads"] = max(1, hidden_size // 64)
+        warnings.warn(
+            f"No num_attention_heads in the original config: assuming 64-wide heads ({values['num_attention_heads']}); "
+            "pass the original config if the model used another width.",
+            stacklevel=3,  # the caller of the converter's config function
+        )
+    return values
+
+
+def swap_itm_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """An original (match, mismatch) head's rows -> vlm_hf's image-text matching rows (mismatch, match)."""
+    return tensor.flip(0)
+
+
+def match_logit_to_itm(tensor: torch.Tensor) -> torch.Tensor:
+    """
+    A single match-logit head (1 x H weight or 1 bias) -> ITM rows [0, w]: logit 1 is the original score, logit 0 is
+    0, so the ITM softmax gives sigmoid(original score) for "match", as the original scores.
+    """
+    return torch.cat([torch.zeros_like(tensor), tensor], dim=0)
+
+
 def load_converted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Copy a `map_state_dict` result into `model`; the keys it lacks are the report's expected-missing ones."""
     result = model.load_state_dict(dict(state_dict), strict=False)
     if result.unexpected_keys:
         raise ValueError(f"Unexpected keys after conversion: {result.unexpected_keys}")
     return model
+
+
+def finish_conversion(
+    model: nn.Module,
+    converted: Mapping[str, torch.Tensor],
+    report: ConversionReport,
+    output_dir: str | Path | None,
+    *,
+    source: str,
+    tokenizer=None,
+    verbose: bool = True,
+) -> tuple[nn.Module, ConversionReport]:
+    """
+    The end of every `convert_*` function: load the converted weights into `model` (in eval mode), print the report
+    when `verbose`, and with `output_dir` write the complete folder (`save_converted_folder`). Returns
+    `(model, report)`.
+    """
+    load_converted(model, converted)
+    model.eval()
+    if verbose:
+        print(report.summary())
+    if output_dir is not None:
+        save_converted_folder(model, output_dir, report, tokenizer=tokenizer, source=source)
+    return model, report
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -269,6 +354,42 @@ def save_converted_folder(
     return output_dir
 
 
+def converter_parser(
+    source: str, convert: Callable, input_name: str, input_help: str, tokenizer_help: str | None = None
+) -> argparse.ArgumentParser:
+    """
+    The command line every converter shares: `vlm-hf convert <source> <input> --output-dir DIR [--tokenizer T]`,
+    described by the `convert` function's docstring. Each converter adds its own options.
+    """
+    parser = argparse.ArgumentParser(prog=f"vlm-hf convert {source}", description=convert.__doc__)
+    parser.add_argument(input_name, help=input_help)
+    parser.add_argument("--output-dir", required=True)
+    if tokenizer_help is not None:
+        parser.add_argument("--tokenizer", help=tokenizer_help)
+    return parser
+
+
+def checkpoint_converter_main(
+    argv: list[str] | None,
+    source: str,
+    convert: Callable,
+    *,
+    checkpoint_help: str,
+    config_help: str,
+    tokenizer_help: str,
+) -> int:
+    """
+    The whole command line of a converter from an original checkpoint and its optional original config:
+    `vlm-hf convert <source> CHECKPOINT [--config FILE] --output-dir DIR [--tokenizer T]` runs
+    `convert(checkpoint, config, output_dir, tokenizer=...)`.
+    """
+    parser = converter_parser(source, convert, "checkpoint", checkpoint_help, tokenizer_help=tokenizer_help)
+    parser.add_argument("--config", help=config_help)
+    args = parser.parse_args(argv)
+    convert(args.checkpoint, args.config, args.output_dir, tokenizer=args.tokenizer)
+    return 0
+
+
 def write_conversion_card(model, output_dir: Path, report: ConversionReport | None, *, source, base_model) -> None:
     """The model card of a converted folder, through `vlm_hf.model_card` when it is installed."""
     try:
@@ -296,5 +417,12 @@ __all__ = [
     "count_layers",
     "load_converted",
     "load_checkpoint",
+    "finish_conversion",
     "save_converted_folder",
+    "converter_parser",
+    "checkpoint_converter_main",
+    "bert_config_values",
+    "original_hyperparameters",
+    "swap_itm_rows",
+    "match_logit_to_itm",
 ]

@@ -10,13 +10,18 @@ vlm-hf convert bert path/to/bert-base-uncased --preset visualbert-base --head pr
 ```
 """
 
-import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, load_checkpoint, load_converted, map_state_dict
-from vlm_hf.conversion.common import save_converted_folder as save_folder
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    bert_config_values,
+    converter_parser,
+    finish_conversion,
+    load_checkpoint,
+    map_state_dict,
+)
 
 from vlm_hf.configuration_vlm_hf import VlmHfConfig
 from vlm_hf.modeling_vlm_hf import (
@@ -68,22 +73,7 @@ def bert_text_config(bert_config, preset: str | None = None, **overrides) -> Vlm
     """A vlm_hf config with the text sizes of a transformers `BertConfig` (and `preset`'s recipe for the rest)."""
     if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
         raise ValueError("Only BERT with absolute position embeddings fits the vlm_hf text tower.")
-    names = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "initializer_range",
-        "layer_norm_eps",
-        "pad_token_id",
-    )
-    values = {name: getattr(bert_config, name) for name in names}
+    values = bert_config_values(bert_config)
     if preset is not None:
         preset_values = VlmHfConfig.from_preset(preset)
         # VL-BERT's objects use token type 2: keep the preset's larger type table (new rows stay initialised).
@@ -165,24 +155,22 @@ def convert_bert_text_tower(
         config = bert_text_config(bert_config, preset, **config_overrides)
     model = HEADS[head](config)
     converted, report = convert_bert_state_dict(state_dict, model)
-    load_converted(model, converted)
-    model.eval()
-    if verbose:
-        print(report.summary())
-    if output_dir is not None:
-        save_folder(model, output_dir, report, tokenizer=tokenizer, source="a BERT text tower")
-    return model, report
+    source = "a BERT text tower"
+    return finish_conversion(model, converted, report, output_dir, source=source, tokenizer=tokenizer, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert bert", description=convert_bert_text_tower.__doc__)
-    parser.add_argument("bert", help="a local BERT folder (save_pretrained output)")
-    parser.add_argument("--output-dir", required=True)
+    parser = converter_parser(
+        "bert",
+        convert_bert_text_tower,
+        "bert",
+        "a local BERT folder (save_pretrained output)",
+        tokenizer_help="tokenizer folder or name, if the BERT folder has none",
+    )
     parser.add_argument("--head", choices=sorted(HEADS), default="model")
     parser.add_argument("--preset", help="vlm_hf preset for the visual side, e.g. uniter-base")
     parser.add_argument("--vision-backbone", help="torchvision backbone to add (e.g. resnet50); default: the preset's")
     parser.add_argument("--vision-pretrained", help="torchvision weights name or file for that backbone")
-    parser.add_argument("--tokenizer", help="tokenizer folder or name, if the BERT folder has none")
     args = parser.parse_args(argv)
     overrides = {}
     if args.vision_backbone:

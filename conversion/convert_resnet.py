@@ -10,12 +10,17 @@ vlm-hf convert resnet resnet18.pth --preset uniter-tiny --output-dir tiny   # a 
 ```
 """
 
-import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, load_checkpoint, load_converted, map_state_dict
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    converter_parser,
+    load_checkpoint,
+    load_converted,
+    map_state_dict,
+)
 from vlm_hf.conversion.common import save_converted_folder as save_folder
 
 import vlm_hf
@@ -97,9 +102,8 @@ def _folder_processor(folder):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert resnet", description=convert_resnet.__doc__)
-    parser.add_argument("weights", help="torchvision ResNet state dict (.pth / .safetensors)")
-    parser.add_argument("--output-dir", required=True)
+    weights_help = "torchvision ResNet state dict (.pth / .safetensors)"
+    parser = converter_parser("resnet", convert_resnet, "weights", weights_help)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="an existing vlm_hf folder whose backbone is replaced")
     source.add_argument("--preset", help="build a new model from this preset")

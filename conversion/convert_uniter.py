@@ -9,15 +9,21 @@ vlm-hf convert uniter pretrain.pt --config uniter-base.json --output-dir uniter-
 ```
 """
 
-import argparse
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, count_layers, load_checkpoint, load_converted, map_state_dict
-from vlm_hf.conversion.common import save_converted_folder as save_folder
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    checkpoint_converter_main,
+    count_layers,
+    finish_conversion,
+    load_checkpoint,
+    map_state_dict,
+    match_logit_to_itm,
+    original_hyperparameters,
+)
 
 from vlm_hf.configuration_vlm_hf import VlmHfConfig
 from vlm_hf.modeling_vlm_hf import (
@@ -57,7 +63,7 @@ RULES = [
     (r"vqa_output\.0\.(weight|bias)", r"classifier.dense.\1"),
     (r"vqa_output\.2\.(weight|bias)", r"classifier.LayerNorm.\1"),
     (r"vqa_output\.3\.(weight|bias)", r"classifier.out_proj.\1"),
-    # Retrieval: the single match logit becomes column 1 of the two-way ITM head (see `_rank_to_itm`).
+    # Retrieval: the single match logit becomes row 1 of the two-way ITM head (see `match_logit_to_itm`).
     (r"rank_output\.(weight|bias)", r"itm_head.\1"),
 ]
 
@@ -78,11 +84,6 @@ EXPECTED_MISSING = {
         (r"(text_projection|image_projection)\.weight|logit_scale", "separate image/text embeddings: not in UNITER"),
     ],
 }
-
-
-def _rank_to_itm(tensor: torch.Tensor) -> torch.Tensor:
-    """rank_output (1 x H or 1) -> ITM rows [0, w]: softmax gives sigmoid(rank score) for 'match', as UNITER scores."""
-    return torch.cat([torch.zeros_like(tensor), tensor], dim=0)
 
 
 def head_class_of(state_dict: Mapping[str, torch.Tensor]) -> type:
@@ -111,23 +112,7 @@ def uniter_config(state_dict: Mapping[str, torch.Tensor], original_config: Mappi
         "type_vocab_size": _get(state_dict, "embeddings.token_type_embeddings.weight").shape[0],
         "visual_feature_dim": _get(state_dict, "img_embeddings.img_linear.weight").shape[1],
     }
-    for key in (
-        "num_attention_heads",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "initializer_range",
-    ):
-        if key in original:
-            sizes[key] = original[key]
-    if "num_attention_heads" not in sizes:
-        # Head count is the one size the tensors do not show.
-        sizes["num_attention_heads"] = max(1, hidden_size // 64)
-        warnings.warn(
-            f"No num_attention_heads in the original config: assuming 64-wide heads ({sizes['num_attention_heads']}); "
-            "pass the original config if the model used another width.",
-            stacklevel=2,
-        )
+    sizes.update(original_hyperparameters(original, hidden_size))
     for key in ("vocab_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
         if key in original and original[key] != sizes[key]:
             raise ValueError(f"config {key}={original[key]} does not match the checkpoint's {sizes[key]}.")
@@ -157,7 +142,7 @@ def convert_uniter_state_dict(
     transforms = {}
     dropped = []
     if head is VlmHfForImageTextRetrieval:
-        transforms = {"itm_head.weight": _rank_to_itm, "itm_head.bias": _rank_to_itm}
+        transforms = {"itm_head.weight": match_logit_to_itm, "itm_head.bias": match_logit_to_itm}
         dropped.append((r"itm_output\..*", "unused by UniterForImageTextRetrieval, which scores with rank_output"))
     # Row 0 of mask_embedding is never used (the original overwrites it with zeros); row 1 is the mask embedding.
     transforms[_VISUAL + ".mask_feature_embedding"] = lambda tensor: tensor[1]
@@ -196,24 +181,19 @@ def convert_uniter(
     vlm_config = uniter_config(state_dict, config, **config_overrides)
     model = head_class_of(state_dict)(vlm_config)
     converted, report = convert_uniter_state_dict(state_dict, model)
-    load_converted(model, converted)
-    model.eval()
-    if verbose:
-        print(report.summary())
-    if output_dir is not None:
-        save_folder(model, output_dir, report, tokenizer=tokenizer, source="the original UNITER (ChenRocks/UNITER)")
-    return model, report
+    source = "the original UNITER (ChenRocks/UNITER)"
+    return finish_conversion(model, converted, report, output_dir, source=source, tokenizer=tokenizer, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert uniter", description=convert_uniter.__doc__)
-    parser.add_argument("checkpoint", help="UNITER .pt/.bin state dict (pretraining, VQA or retrieval)")
-    parser.add_argument("--config", help="the original config JSON (config/uniter-base.json)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--tokenizer", help="tokenizer folder or name for the processor (bert-base-cased)")
-    args = parser.parse_args(argv)
-    convert_uniter(args.checkpoint, args.config, args.output_dir, tokenizer=args.tokenizer)
-    return 0
+    return checkpoint_converter_main(
+        argv,
+        "uniter",
+        convert_uniter,
+        checkpoint_help="UNITER .pt/.bin state dict (pretraining, VQA or retrieval)",
+        config_help="the original config JSON (config/uniter-base.json)",
+        tokenizer_help="tokenizer folder or name for the processor (bert-base-cased)",
+    )
 
 
 if __name__ == "__main__":

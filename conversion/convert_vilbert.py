@@ -12,12 +12,13 @@ region classification and image-text alignment heads) and `multi_task_model.bin`
 | `gqa` | `VlmHfForQuestionAnswering` | `vil_prediction_gqa` (1533 answers) |
 | `visual_entailment` | `VlmHfForQuestionAnswering` (linear head) | `vil_tri_prediction` (SNLI-VE, 3 classes) |
 | `retrieval` | `VlmHfForImageTextRetrieval` | `vil_logit` (or `cls.bi_seq_relationship` of a pretraining checkpoint) |
+| `nlvr2` | `VlmHfForVisualReasoning` (`visual_reasoning_pairs`) | `vil_binary_prediction` (rows 2k, 2k+1 = one pair) |
+| `grounding` | `VlmHfForRegionGrounding` | `vision_logit` (region scores), `linguisic_logit` (token scores) |
 | `base` | `VlmHfModel` | `bert.*` only |
 
-The other task heads of the multi-task checkpoint (`vil_binary_prediction`: NLVR2 image pairs, `vision_logit`:
-referring-expression region scores, `linguisic_logit`) have no vlm_hf counterpart and are reported as dropped, as
-are the `q_dense*` weights the original never uses. ViLBERT's alignment label 0 means "the caption matches"; vlm_hf's
-ITM index 1 does, so `cls.bi_seq_relationship`'s two rows are swapped.
+The `q_dense*` weights, which the original never uses, are reported as dropped. ViLBERT's alignment label 0 means "the
+caption matches"; vlm_hf's ITM index 1 does, so `cls.bi_seq_relationship`'s two rows are swapped. (With an odd batch
+the original's `vil_binary_prediction` output is that alignment head's: convert with `head="pretraining"`.)
 
 ```bash
 vlm-hf convert vilbert multi_task_model.bin --config bert_base_6layer_6conect.json --head vqa \\
@@ -25,20 +26,28 @@ vlm-hf convert vilbert multi_task_model.bin --config bert_base_6layer_6conect.js
 ```
 """
 
-import argparse
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, load_checkpoint, load_converted, map_state_dict
-from vlm_hf.conversion.common import save_converted_folder as save_folder
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    converter_parser,
+    finish_conversion,
+    load_checkpoint,
+    map_state_dict,
+    match_logit_to_itm,
+    swap_itm_rows,
+)
 
 from vlm_hf.configuration_vlm_hf import PRESETS, VlmHfConfig
 from vlm_hf.modeling_vlm_hf import (
     VlmHfForImageTextRetrieval,
     VlmHfForPreTraining,
     VlmHfForQuestionAnswering,
+    VlmHfForRegionGrounding,
+    VlmHfForVisualReasoning,
     VlmHfModel,
 )
 
@@ -48,6 +57,8 @@ HEADS = {
     "gqa": VlmHfForQuestionAnswering,
     "visual_entailment": VlmHfForQuestionAnswering,
     "retrieval": VlmHfForImageTextRetrieval,
+    "nlvr2": VlmHfForVisualReasoning,
+    "grounding": VlmHfForRegionGrounding,
     "base": VlmHfModel,
 }
 
@@ -101,6 +112,11 @@ _HEAD_RULES = {
     "gqa": [(r"vil_prediction_gqa" + pattern, target) for pattern, target in _CLASSIFIER],
     "visual_entailment": [(r"vil_tri_prediction\.(weight|bias)", r"classifier.out_proj.\1")],
     "retrieval": [(r"vil_logit\.(weight|bias)", r"itm_head.\1")],
+    "nlvr2": [(r"vil_binary_prediction" + pattern, target) for pattern, target in _CLASSIFIER],
+    "grounding": [
+        (r"vision_logit\.(weight|bias)", r"region_classifier.\1"),
+        (r"linguisic_logit\.(weight|bias)", r"token_classifier.\1"),
+    ],
     "base": [],
 }
 _TASK_HEADS = {
@@ -108,25 +124,14 @@ _TASK_HEADS = {
     "gqa": r"vil_prediction_gqa\.",
     "visual_entailment": r"vil_tri_prediction\.",
     "retrieval": r"vil_logit\.",
+    "nlvr2": r"vil_binary_prediction\.",
+    "grounding": r"(vision_logit|linguisic_logit)\.",
 }
 _NO_COUNTERPART = [
     (r"bert\.encoder\.c_layer\.\d+\.biOutput\.q_dense[12]\.(weight|bias)", "unused by the original forward"),
-    (r"vil_binary_prediction\..*", "NLVR2 image-pair head: no vlm_hf counterpart"),
-    (r"vision_logit\..*", "referring-expression region scores: no vlm_hf counterpart"),
-    (r"linguisic_logit\..*", "per-token score of the original: no vlm_hf counterpart"),
 ]
 _TIED_IN_SOURCE = [("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight")]
 _BACKBONE = (r"(?:vlm_hf\.)?vision_backbone\..*", "vision backbone: ViLBERT reads detector region features")
-
-
-def _swap_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """ViLBERT's alignment logits are (match, mismatch); vlm_hf's ITM logits are (mismatch, match)."""
-    return tensor.flip(0)
-
-
-def _logit_to_itm(tensor: torch.Tensor) -> torch.Tensor:
-    """vil_logit (1 x bi or 1) -> ITM rows [0, w]: the match logit is vil_logit, its softmax is sigmoid(vil_logit)."""
-    return torch.cat([torch.zeros_like(tensor), tensor], dim=0)
 
 
 def vilbert_config(
@@ -171,6 +176,14 @@ def vilbert_config(
     if head in ("vqa", "gqa"):
         classifier = "vil_prediction_gqa" if head == "gqa" else "vil_prediction"
         sizes["num_labels"] = _rows(state_dict, classifier + ".logit_fc.3.weight")
+    elif head == "nlvr2":
+        # The pair classifier reads two joint vectors side by side (vil_binary_prediction: 2 bi -> 2 bi -> 2).
+        sizes.update(
+            num_labels=_rows(state_dict, "vil_binary_prediction.logit_fc.3.weight"),
+            visual_reasoning_pairs=True,
+            visual_reasoning_head="mlp",  # at answer_head_hidden_size = 2 bi, like vil_prediction
+            id2label={0: "False", 1: "True"},  # nlvr2_dataset.py: label 1 when the statement is true
+        )
     elif head == "visual_entailment":
         sizes.update(num_labels=3, answer_head="linear", id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
     values = {**PRESETS["vilbert-base"], **sizes, **overrides}
@@ -199,15 +212,15 @@ def convert_vilbert_state_dict(
     expected_missing = [_BACKBONE]
     pretraining_heads = r"cls\..*"
     if head == "pretraining":
-        transforms = {"itm_head.weight": _swap_rows, "itm_head.bias": _swap_rows}
+        transforms = {"itm_head.weight": swap_itm_rows, "itm_head.bias": swap_itm_rows}
         expected_missing.append((r"mvf_head\..*", "masked visual-feature regression: ViLBERT classifies regions"))
     elif head == "retrieval" and "vil_logit.weight" not in state_dict:
         # A pretraining checkpoint: its alignment head is an image-text matching head.
         rules = rules[:-1] + [(r"cls\.bi_seq_relationship\.(weight|bias)", r"itm_head.\1")]
         pretraining_heads = r"cls\.(predictions|imagePredictions)\..*"
-        transforms = {"itm_head.weight": _swap_rows, "itm_head.bias": _swap_rows}
+        transforms = {"itm_head.weight": swap_itm_rows, "itm_head.bias": swap_itm_rows}
     elif head == "retrieval":
-        transforms = {"itm_head.weight": _logit_to_itm, "itm_head.bias": _logit_to_itm}
+        transforms = {"itm_head.weight": match_logit_to_itm, "itm_head.bias": match_logit_to_itm}
     if head == "retrieval":
         separate = r"(text_projection|image_projection)\.weight|logit_scale"
         expected_missing.append((separate, "separate image/text embeddings: not in ViLBERT"))
@@ -239,8 +252,8 @@ def convert_vilbert(
     """
     Convert an original ViLBERT / 12-in-1 checkpoint (path or state dict) into a vlm_hf model with
     `fusion="co_attention"`: `head` picks the task head (`pretraining`, `vqa`, `gqa`, `visual_entailment`,
-    `retrieval`, `base`; see the module docstring). A multi-task checkpoint keeps its task tokens (pass `task_ids`:
-    12-in-1's task number, e.g. 1 for VQA) unless `task_tokens=False`.
+    `retrieval`, `nlvr2`, `grounding`, `base`; see the module docstring). A multi-task checkpoint keeps its task
+    tokens (pass `task_ids`: 12-in-1's task number, e.g. 1 for VQA) unless `task_tokens=False`.
 
     `config`: the original JSON config (path or dict). `output_dir`: write a complete folder there (with the processor
     when `tokenizer` is given: ViLBERT uses bert-base-uncased). The model reads region features (`visual_embeds`,
@@ -256,24 +269,21 @@ def convert_vilbert(
         config_overrides.setdefault("num_task_tokens", 0)
     model = HEADS[head](vilbert_config(config, state_dict, head, **config_overrides))
     converted, report = convert_vilbert_state_dict(state_dict, model, head, task_tokens)
-    load_converted(model, converted)
-    model.eval()
-    if verbose:
-        print(report.summary())
-    if output_dir is not None:
-        source = "the original ViLBERT (facebookresearch/vilbert-multi-task)"
-        save_folder(model, output_dir, report, tokenizer=tokenizer, source=source)
-    return model, report
+    source = "the original ViLBERT (facebookresearch/vilbert-multi-task)"
+    return finish_conversion(model, converted, report, output_dir, source=source, tokenizer=tokenizer, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert vilbert", description=convert_vilbert.__doc__)
-    parser.add_argument("checkpoint", help="ViLBERT .bin state dict (pretrained_model.bin or multi_task_model.bin)")
+    parser = converter_parser(
+        "vilbert",
+        convert_vilbert,
+        "checkpoint",
+        "ViLBERT .bin state dict (pretrained_model.bin or multi_task_model.bin)",
+        tokenizer_help="tokenizer folder or name for the processor (bert-base-uncased)",
+    )
     parser.add_argument("--config", required=True, help="the original config JSON (bert_base_6layer_6conect.json)")
-    parser.add_argument("--output-dir", required=True)
     parser.add_argument("--head", default="pretraining", choices=sorted(HEADS), help="the task head to convert")
     parser.add_argument("--no-task-tokens", action="store_true", help="drop a multi-task checkpoint's task tokens")
-    parser.add_argument("--tokenizer", help="tokenizer folder or name for the processor (bert-base-uncased)")
     parser.add_argument("--vision-backbone", help="add a torchvision backbone (e.g. resnet101) to run from pixels")
     args = parser.parse_args(argv)
     convert_vilbert(

@@ -15,13 +15,18 @@ vlm-hf convert visualbert path/to/visualbert-vqa-folder --output-dir visualbert-
 ```
 """
 
-import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, load_converted, map_state_dict
-from vlm_hf.conversion.common import save_converted_folder as save_folder
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    bert_config_values,
+    converter_parser,
+    finish_conversion,
+    map_state_dict,
+    swap_itm_rows,
+)
 
 from vlm_hf.configuration_vlm_hf import VlmHfConfig
 from vlm_hf.modeling_vlm_hf import (
@@ -70,31 +75,11 @@ EXPECTED_MISSING = {
 }
 
 
-def _swap_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """VisualBERT's [match, mismatch] rows -> vlm_hf's [mismatch, match]."""
-    return tensor.flip(0)
-
-
 def visualbert_config(visualbert_config, **overrides) -> VlmHfConfig:
     """The vlm_hf config of a transformers `VisualBertConfig`."""
     if getattr(visualbert_config, "bypass_transformer", False):
         raise ValueError("VisualBERT with bypass_transformer=True is not supported.")
-    names = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "initializer_range",
-        "layer_norm_eps",
-        "pad_token_id",
-    )
-    values = {name: getattr(visualbert_config, name) for name in names}
+    values = bert_config_values(visualbert_config)
     values["visual_feature_dim"] = visualbert_config.visual_embedding_dim
     if getattr(visualbert_config, "id2label", None):
         values["id2label"] = dict(visualbert_config.id2label)
@@ -113,7 +98,7 @@ def convert_visualbert_state_dict(
         model,
         HEAD_RULES.get(type(model), []) + RULES,
         tied_in_source=TIED_IN_SOURCE + tied,
-        transforms={"itm_head.weight": _swap_rows, "itm_head.bias": _swap_rows},
+        transforms={"itm_head.weight": swap_itm_rows, "itm_head.bias": swap_itm_rows},
         expected_missing=EXPECTED_MISSING.get(type(model), _MISSING),
         source_name="VisualBERT checkpoint",
     )
@@ -152,21 +137,19 @@ def convert_visualbert(
             raise ValueError(f"Unsupported VisualBERT class {head!r}; supported: {sorted(HEAD_CLASSES)}.")
     model = HEAD_CLASSES[head](visualbert_config(source_model.config, **config_overrides))
     converted, report = convert_visualbert_state_dict(source_model.state_dict(), model)
-    load_converted(model, converted)
-    model.eval()
-    if verbose:
-        print(report.summary())
-    if output_dir is not None:
-        save_folder(model, output_dir, report, tokenizer=tokenizer, source=f"transformers' {head}")
-    return model, report
+    origin = f"transformers' {head}"
+    return finish_conversion(model, converted, report, output_dir, source=origin, tokenizer=tokenizer, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert visualbert", description=convert_visualbert.__doc__)
-    parser.add_argument("model", help="a local VisualBERT folder (save_pretrained output)")
-    parser.add_argument("--output-dir", required=True)
+    parser = converter_parser(
+        "visualbert",
+        convert_visualbert,
+        "model",
+        "a local VisualBERT folder (save_pretrained output)",
+        tokenizer_help="tokenizer folder or name, if the model folder has none",
+    )
     parser.add_argument("--head", choices=sorted(HEAD_CLASSES), help="the VisualBERT class, if config.json lacks it")
-    parser.add_argument("--tokenizer", help="tokenizer folder or name, if the model folder has none")
     args = parser.parse_args(argv)
     convert_visualbert(args.model, args.output_dir, head=args.head, tokenizer=args.tokenizer)
     return 0

@@ -15,14 +15,19 @@ Inputs of the converted model: texts as VL-BERT builds them (`[CLS] question [SE
 (resized) image width and height.
 """
 
-import argparse
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vlm_hf.conversion.common import ConversionReport, count_layers, load_checkpoint, load_converted, map_state_dict
-from vlm_hf.conversion.common import save_converted_folder as save_folder
+from vlm_hf.conversion.common import (
+    ConversionReport,
+    checkpoint_converter_main,
+    count_layers,
+    finish_conversion,
+    load_checkpoint,
+    map_state_dict,
+    original_hyperparameters,
+)
 
 from vlm_hf.configuration_vlm_hf import VlmHfConfig
 from vlm_hf.modeling_vlm_hf import VlmHfForPreTraining, VlmHfForQuestionAnswering, VlmHfModel
@@ -119,23 +124,7 @@ def vlbert_config(state_dict: Mapping[str, torch.Tensor], original_config: Mappi
         "visual_location_dim": downsample_in - feature_dim,
         "answer_head_hidden_size": hidden_size,
     }
-    for key in (
-        "num_attention_heads",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "initializer_range",
-    ):
-        if key in network:
-            sizes[key] = network[key]
-    if "num_attention_heads" not in sizes:
-        # Head count is the one size the tensors do not show.
-        sizes["num_attention_heads"] = max(1, hidden_size // 64)
-        warnings.warn(
-            f"No num_attention_heads in the original config: assuming 64-wide heads ({sizes['num_attention_heads']}); "
-            "pass the original config if the model used another width.",
-            stacklevel=2,
-        )
+    sizes.update(original_hyperparameters(network, hidden_size))
     if "final_mlp.2.weight" in state_dict:
         sizes["num_labels"] = state_dict["final_mlp.2.weight"].shape[0]
     regions = state_dict.get("vlbert.mvrc_head.region_cls_pred.weight")
@@ -187,24 +176,19 @@ def convert_vlbert(
         config = yaml.safe_load(Path(config).read_text())
     model = head_class_of(state_dict)(vlbert_config(state_dict, config, **config_overrides))
     converted, report = convert_vlbert_state_dict(state_dict, model)
-    load_converted(model, converted)
-    model.eval()
-    if verbose:
-        print(report.summary())
-    if output_dir is not None:
-        save_folder(model, output_dir, report, tokenizer=tokenizer, source="the original VL-BERT (jackroos/VL-BERT)")
-    return model, report
+    source = "the original VL-BERT (jackroos/VL-BERT)"
+    return finish_conversion(model, converted, report, output_dir, source=source, tokenizer=tokenizer, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-hf convert vlbert", description=convert_vlbert.__doc__)
-    parser.add_argument("checkpoint", help="VL-BERT .model file ({'state_dict': ...})")
-    parser.add_argument("--config", help="the original YAML config (cfgs/.../*.yaml)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--tokenizer", help="tokenizer folder or name for the processor (bert-base-uncased)")
-    args = parser.parse_args(argv)
-    convert_vlbert(args.checkpoint, args.config, args.output_dir, tokenizer=args.tokenizer)
-    return 0
+    return checkpoint_converter_main(
+        argv,
+        "vlbert",
+        convert_vlbert,
+        checkpoint_help="VL-BERT .model file ({'state_dict': ...})",
+        config_help="the original YAML config (cfgs/.../*.yaml)",
+        tokenizer_help="tokenizer folder or name for the processor (bert-base-uncased)",
+    )
 
 
 if __name__ == "__main__":

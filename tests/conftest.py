@@ -1,8 +1,14 @@
+import os
+
 import pytest
 import torch
 
 import vlm_hf
 from vlm_hf import VlmHfConfig
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # `make test` runs one worker per core: a second torch thread per worker only makes them fight over the cores.
+    torch.set_num_threads(1)
 
 
 def tiny_config(**overrides) -> VlmHfConfig:
@@ -55,6 +61,26 @@ def region_inputs(num_images=2, num_regions=3, dim=12, seed=2):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def train_steps(model, batch: dict, steps: int, lr: float) -> tuple[float, float]:
+    """`steps` AdamW steps on one batch; returns the first and the last loss (the overfitting tests compare them)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = model(**batch).loss
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return first, loss.item()
+
+
+# Command-line flags of a tiny, quiet Trainer run; each test adds its data, batch size and steps.
+TINY_TRAINING_FLAGS = (
+    "--hidden_size 32 --num_hidden_layers 1 --visual_grid 2 --image_size 64 "
+    "--report_to none --disable_tqdm true --logging_steps 1"
+).split()
 
 
 HEADS = [

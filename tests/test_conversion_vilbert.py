@@ -146,8 +146,13 @@ def test_task_model_reproduces_every_convertible_head(fixture, prefix, rows, tas
     for name, (head, read) in TASK_OUTPUTS.items():
         model = converted("vl_tasks.bin", head, task_tokens)
         assert_matches(read(model(**batch)), outputs[f"{prefix}.{name}"], f"{prefix}.{name}")
+    grounding = converted("vl_tasks.bin", "grounding", task_tokens)(**batch)
+    assert_grounding_matches(grounding, inputs, outputs, prefix, rows)
     if prefix == "vl_b2":
-        return  # no bert.* outputs; vil_binary_prediction is the NLVR2 pair head (not converted)
+        # Even batch: vil_binary_prediction is the NLVR2 pair head over rows 0 and 1 side by side. No bert.* outputs.
+        pairs = converted("vl_tasks.bin", "nlvr2", task_tokens)(**batch).logits
+        assert_matches(pairs, outputs["vl_b2.vil_binary_prediction"], "vl_b2.vil_binary_prediction")
+        return
     pretraining = converted("vl_tasks.bin", "pretraining", task_tokens)
     # Odd batch: the original's vil_binary_prediction is the cls.bi_seq_relationship output.
     assert_matches(pretraining(**batch).itm_logits.flip(-1), outputs[f"{prefix}.vil_binary_prediction"], "binary")
@@ -161,6 +166,18 @@ def test_task_model_reproduces_every_convertible_head(fixture, prefix, rows, tas
         assert_matches(actual, outputs[f"{prefix}.bert.{name}"], name)
     if prefix == "vl":  # the task token sits at index 1 of every text-side trace
         assert_traces_match(base, outputs, prefix)
+
+
+def assert_grounding_matches(grounding, inputs, outputs, prefix: str, rows) -> None:
+    """vision_logit (real regions at 1e-5, padded ones within float32 spacing at -1e4) and linguisic_logit."""
+    valid = inputs["image_attention_mask"][rows].bool()  # [IMG] at index 0, like the model's visual tokens
+    expected = outputs[f"{prefix}.vision_logit"][..., 0]
+    assert grounding.logits.shape == expected.shape and (~valid).any()
+    assert_matches(grounding.logits[valid], expected[valid], f"{prefix}.vision_logit (real regions)")
+    # The README's tolerance for the padded entries (about -9999.x, where float32 values are 1e-3 apart).
+    torch.testing.assert_close(grounding.logits[~valid], expected[~valid], atol=2e-3, rtol=0)
+    assert bool((grounding.logits[~valid] < -9000).all())
+    assert_matches(grounding.token_logits, outputs[f"{prefix}.linguisic_logit"][..., 0], f"{prefix}.linguisic_logit")
 
 
 def base_state_dict(section: str) -> dict[str, torch.Tensor]:
@@ -200,6 +217,12 @@ def test_full_size_key_lists_convert_with_nothing_unaccounted(section, head):
         assert config.num_labels == 3129 and report.mapped["vil_prediction.logit_fc.3.weight"].endswith(
             "out_proj.weight"
         )
+    if head == "nlvr2":
+        assert (config.visual_reasoning_pairs, config.visual_reasoning_head, config.num_labels) == (True, "mlp", 2)
+        assert report.mapped["vil_binary_prediction.logit_fc.0.weight"] == "classifier.dense.weight"
+    if head == "grounding":
+        assert report.mapped["vision_logit.weight"] == "region_classifier.weight"
+        assert report.mapped["linguisic_logit.bias"] == "token_classifier.bias"
     if section == "vl_tasks":
         assert config.num_task_tokens == 20
     dropped_reasons = {reason for key, reason in report.dropped.items() if ".q_dense" in key}
@@ -215,7 +238,7 @@ def test_unknown_keys_and_shape_mismatches_are_errors_naming_the_key(fixture):
     with pytest.raises(ValueError, match=r"bert\.t_pooler\.dense\.weight"):
         convert_vilbert(bad, config, verbose=False)
     with pytest.raises(ValueError, match="head must be one of"):
-        convert_vilbert(state_dict, config, head="nlvr2", verbose=False)
+        convert_vilbert(state_dict, config, head="captioning", verbose=False)
 
 
 def test_converted_folder_loads_and_answers_the_same(fixture, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAINING_FLAGS
+from huggingface_hub import ModelCard
 
 from vlm_hf.data import (
     PretrainingCollator,
@@ -138,28 +140,8 @@ def test_retrieval_collator_pairs_and_labels(scenes, processor):
 
 
 TINY = [
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "1",
-    "--visual_grid",
-    "2",
-    "--image_size",
-    "64",
-    "--num_train_images",
-    "16",
-    "--per_device_train_batch_size",
-    "8",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--logging_steps",
-    "1",
-    "--learning_rate",
-    "2e-3",
-    "--vocab_size",
-    "300",
+    *TINY_TRAINING_FLAGS,
+    *"--num_train_images 16 --per_device_train_batch_size 8 --learning_rate 2e-3 --vocab_size 300".split(),
 ]
 
 
@@ -260,6 +242,10 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path):
     assert status == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["model"]["per_type"]) <= {"colour", "shape", "count", "exist", "position"}
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    overall = [r for r in card.data.eval_results if r.metric_config is None]
+    assert [r.metric_value for r in overall] == [round(results["model"]["accuracy"], 4)]
+    assert {r.metric_config for r in card.data.eval_results} - {None} == set(results["model"]["per_type"])
     assert (tmp_path / "new_scenes.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import datasets
 import pytest
+from conftest import TINY_TRAINING_FLAGS
 from datasets.distributed import split_dataset_by_node
 
 from vlm_hf.cli import main
@@ -289,28 +290,7 @@ def test_stream_columns_are_configurable():
 
 # -- training and evaluation on loaded data --------------------------------------------------------------------------
 
-TINY = [
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "1",
-    "--visual_grid",
-    "2",
-    "--image_size",
-    "64",
-    "--vocab_size",
-    "200",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--logging_steps",
-    "1",
-    "--save_strategy",
-    "no",
-    "--per_device_train_batch_size",
-    "2",
-]
+TINY = [*TINY_TRAINING_FLAGS, *"--vocab_size 200 --save_strategy no --per_device_train_batch_size 2".split()]
 VQA_TRAIN = ["--dataset", "vqa_v2", "--questions_file", str(TRAIN_QUESTIONS), "--image_dir", str(VQA / "train2014")]
 
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HEADS, pixel_inputs, region_inputs, text_inputs, tiny_config, tiny_features_config
+from conftest import HEADS, pixel_inputs, region_inputs, text_inputs, tiny_config, tiny_features_config, train_steps
 
 from vlm_hf import (
     VlmHfConfig,
@@ -359,15 +359,8 @@ def test_each_head_overfits_a_tiny_batch(head):
         batch.update(labels=torch.tensor([0, 1, 2, 3]))
     else:
         batch.update(return_loss=True, labels=torch.tensor([1, 1, 1, 1]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    first = None
-    for _ in range(60):
-        loss = model(**batch).loss
-        first = first if first is not None else loss.item()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05 * first
+    first, last = train_steps(model, batch, steps=60, lr=2e-3)
+    assert last < 0.05 * first
     if head is VlmHfForQuestionAnswering:
         assert model.eval()(**batch).logits.argmax(-1).tolist() == [0, 1, 2, 3]
 

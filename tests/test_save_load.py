@@ -16,6 +16,7 @@ from transformers import (
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
 )
@@ -29,6 +30,7 @@ AUTO_CLASSES = {
     vlm_hf.VlmHfForQuestionAnswering: AutoModelForVisualQuestionAnswering,
     vlm_hf.VlmHfForImageTextRetrieval: AutoModelForZeroShotImageClassification,
     vlm_hf.VlmHfForVisualReasoning: AutoModelForSequenceClassification,
+    vlm_hf.VlmHfForRegionGrounding: AutoModelForTokenClassification,
 }
 
 
@@ -66,6 +68,41 @@ def test_auto_round_trip_gives_identical_outputs(head, tmp_path):
         torch.testing.assert_close(value, expected[key], atol=0, rtol=0, msg=key)
     saved = load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items() if k in saved)
+
+
+@pytest.mark.parametrize(
+    "head, config",
+    [
+        # ViLBERT's NLVR2 head: rows 2k, 2k+1 (one text with each of its two images) classified together.
+        (vlm_hf.VlmHfForVisualReasoning, dict(visual_reasoning_pairs=True, visual_reasoning_head="mlp")),
+        (vlm_hf.VlmHfForRegionGrounding, {}),
+        (vlm_hf.VlmHfForRegionGrounding, dict(preset="vilbert-tiny")),
+    ],
+    ids=["visual-reasoning-pairs", "grounding", "grounding-vilbert"],
+)
+def test_pair_reasoning_and_grounding_round_trip_from_pixels(head, config, tmp_path):
+    preset = config.pop("preset", None)
+    config = VlmHfConfig.from_preset(preset, num_labels=2) if preset else tiny_config(**config)
+    pixel_mask = torch.ones(2, 64, 64, dtype=torch.long)
+    pixel_mask[1, :, 32:] = 0  # image 1 padded on the right: the grid cells there are masked
+    inputs = dict(pixel_values=pixel_inputs(), pixel_mask=pixel_mask, **text_inputs(vocab_size=config.vocab_size))
+    model = AUTO_CLASSES[head].from_config(config).eval()
+    expected = tensors_of(model(**inputs))
+    model.save_pretrained(tmp_path)
+    loaded = AUTO_CLASSES[head].from_pretrained(tmp_path).eval()
+    assert type(loaded) is head
+    fields = ("fusion", "visual_reasoning_pairs", "visual_reasoning_head", "num_labels")
+    assert all(getattr(loaded.config, name) == getattr(model.config, name) for name in fields)
+    outputs = tensors_of(loaded(**inputs))
+    assert outputs.keys() == expected.keys()
+    for key, value in outputs.items():
+        torch.testing.assert_close(value, expected[key], atol=0, rtol=0, msg=key)
+    if head is vlm_hf.VlmHfForVisualReasoning:
+        assert outputs["logits"].shape == (1, config.num_labels)  # two rows, one example
+    else:
+        masked = loaded.vlm_hf(**inputs).visual_attention_mask == 0
+        assert masked[1].any() and not masked[0].any()
+        assert bool((outputs["logits"][masked] < -9000).all()) and bool((outputs["logits"][~masked] > -100).all())
 
 
 def test_base_model_loads_from_a_head_checkpoint(tmp_path):

@@ -9,6 +9,7 @@ from transformers import (
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
@@ -20,6 +21,7 @@ from .modeling_vlm_hf import (
     VlmHfForImageTextRetrieval,
     VlmHfForPreTraining,
     VlmHfForQuestionAnswering,
+    VlmHfForRegionGrounding,
     VlmHfForVisualReasoning,
     VlmHfModel,
     VlmHfPreTrainedModel,
@@ -38,6 +40,7 @@ AUTO_MODEL_CLASSES = {
     AutoModelForVisualQuestionAnswering: VlmHfForQuestionAnswering,
     AutoModelForZeroShotImageClassification: VlmHfForImageTextRetrieval,
     AutoModelForSequenceClassification: VlmHfForVisualReasoning,
+    AutoModelForTokenClassification: VlmHfForRegionGrounding,
 }
 
 
@@ -66,6 +69,7 @@ __all__ = [
     "VlmHfForPreTraining",
     "VlmHfForQuestionAnswering",
     "VlmHfForVisualReasoning",
+    "VlmHfForRegionGrounding",
     "VlmHfForImageTextRetrieval",
     "VlmHfImageProcessor",
     "VlmHfProcessor",

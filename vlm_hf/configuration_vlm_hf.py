@@ -221,6 +221,13 @@ class VlmHfConfig(PreTrainedConfig):
     answer_pooling (`str`, defaults to `"pooler"`):
         What the VQA classifier reads: the pooled [CLS] (`"pooler"`) or the state of the text token at position
         (text length - 2) (`"answer_token"`: VisualBERT; VL-BERT's [MASK] in `[CLS] q [SEP] [MASK] [SEP]`).
+    visual_reasoning_pairs (`bool`, defaults to `False`):
+        [`VlmHfForVisualReasoning`] classifies pairs of rows (ViLBERT's NLVR2 head): rows `2k` and `2k + 1` hold
+        example `k`'s text with each of its two images, and their joint vectors are concatenated. `False`: each row
+        is classified alone (VisualBERT's NLVR2 head reads both images' regions as one image).
+    visual_reasoning_head (`str`, defaults to `"linear"`):
+        [`VlmHfForVisualReasoning`]'s classifier: `"linear"` (VisualBERT) or `"mlp"` (dense to
+        `answer_head_hidden_size`, activation, LayerNorm, linear: ViLBERT's `vil_binary_prediction`).
     tie_visual_regression_weights (`bool`, defaults to `False`):
         Masked visual-feature regression decodes with the transposed feature projection (UNITER's `feat_regress`).
     num_region_classes (`int`, defaults to 0), region_head_layer_norm (`bool`, defaults to `True`):
@@ -320,6 +327,8 @@ class VlmHfConfig(PreTrainedConfig):
     answer_head: str = "mlp"
     answer_head_hidden_size: int | None = None
     answer_pooling: str = "pooler"
+    visual_reasoning_pairs: bool = False
+    visual_reasoning_head: str = "linear"
     tie_visual_regression_weights: bool = False
     num_region_classes: int = 0
     region_head_layer_norm: bool = True
@@ -445,6 +454,10 @@ class VlmHfConfig(PreTrainedConfig):
             raise ValueError(f"answer_head must be one of {ANSWER_HEADS}, got {self.answer_head!r}.")
         if self.answer_pooling not in ANSWER_POOLINGS:
             raise ValueError(f"answer_pooling must be one of {ANSWER_POOLINGS}, got {self.answer_pooling!r}.")
+        if self.visual_reasoning_head not in ANSWER_HEADS:
+            raise ValueError(
+                f"visual_reasoning_head must be one of {ANSWER_HEADS}, got {self.visual_reasoning_head!r}."
+            )
         if self.answer_head_hidden_size < 1:
             raise ValueError(f"answer_head_hidden_size must be positive, got {self.answer_head_hidden_size}.")
         if self.num_region_classes < 0:

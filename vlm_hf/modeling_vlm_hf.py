@@ -144,28 +144,38 @@ class VlmHfVisionBackbone(nn.Module):
 class VlmHfVisualEmbeddings(nn.Module):
     """Visual tokens: feature projection + box location embedding + visual token type, then LayerNorm."""
 
+    has_token_type = True
+
     def __init__(self, config: VlmHfConfig):
         super().__init__()
         self.config = config
         self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
         self.location_projection = _location_projection(config)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        if self.has_token_type:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, features: torch.Tensor, boxes: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        token_types = torch.full(features.shape[:2], self.config.visual_token_type_id, device=features.device)
-        embeddings = self.feature_projection(features)
-        if self.location_projection is not None:
-            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
-            embeddings = embeddings + self.location_projection(locations)
-        embeddings = embeddings + self.token_type_embeddings(token_types)
+        embeddings = project_regions(self, features, boxes)
+        if self.has_token_type:
+            token_types = torch.full(features.shape[:2], self.config.visual_token_type_id, device=features.device)
+            embeddings = embeddings + self.token_type_embeddings(token_types)
         return self.dropout(self.LayerNorm(embeddings))
 
 
 def _location_projection(config: VlmHfConfig) -> nn.Linear | None:
     """The linear box embedding, or None when `visual_location_dim` is 0."""
     return nn.Linear(config.visual_location_dim, config.hidden_size) if config.visual_location_dim else None
+
+
+def project_regions(embeddings: nn.Module, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """`embeddings.feature_projection` of the features, plus its `location_projection` of the boxes when it has one."""
+    projected = embeddings.feature_projection(features)
+    if embeddings.location_projection is not None:
+        locations = box_location_features(boxes, embeddings.config.visual_location_dim).to(features.dtype)
+        projected = projected + embeddings.location_projection(locations)
+    return projected
 
 
 class VlmHfVisualBertVisualEmbeddings(nn.Module):
@@ -187,11 +197,7 @@ class VlmHfVisualBertVisualEmbeddings(nn.Module):
 
     def forward(self, features: torch.Tensor, boxes: torch.Tensor, text_embeddings: "VlmHfEmbeddings", *args, **kw):
         positions = torch.zeros(features.shape[:2], dtype=torch.long, device=features.device)
-        embeddings = self.feature_projection(features)
-        if self.location_projection is not None:
-            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
-            embeddings = embeddings + self.location_projection(locations)
-        embeddings = embeddings + self.position_embeddings(positions)
+        embeddings = project_regions(self, features, boxes) + self.position_embeddings(positions)
         embeddings = embeddings + self.token_type_embeddings(positions + self.config.visual_token_type_id)
         return self.dropout(text_embeddings.LayerNorm(embeddings))
 
@@ -407,6 +413,38 @@ def eager_attention_forward(
     return output, weights
 
 
+def multi_head_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    (batch, length, width) projections split into `module.num_heads` heads, attended with the configured attention
+    implementation, merged back to (batch, query length, width). `module` holds `config`, `num_heads`, `head_dim`,
+    `scaling` and `dropout` (self-attention and co-attention alike).
+    """
+
+    def split_heads(states: torch.Tensor) -> torch.Tensor:
+        return states.view(*states.shape[:2], module.num_heads, module.head_dim).transpose(1, 2)
+
+    # Attention weights exist only in the eager computation.
+    implementation = "eager" if output_attentions else module.config._attn_implementation
+    attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    output, weights = attention(
+        module,
+        split_heads(query),
+        split_heads(key),
+        split_heads(value),
+        attention_mask,
+        scaling=module.scaling,
+        dropout=module.dropout.p if module.training else 0.0,
+    )
+    return output.reshape(*query.shape[:2], -1), weights
+
+
 class VlmHfSelfAttention(nn.Module):
     def __init__(self, config: VlmHfConfig):
         super().__init__()
@@ -423,36 +461,28 @@ class VlmHfSelfAttention(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch_size, seq_length, _ = hidden_states.shape
-        head_shape = (batch_size, seq_length, self.num_heads, self.head_dim)
-        query = self.query(hidden_states).view(head_shape).transpose(1, 2)
-        key = self.key(hidden_states).view(head_shape).transpose(1, 2)
-        value = self.value(hidden_states).view(head_shape).transpose(1, 2)
-
-        # Attention weights exist only in the eager computation.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout.p if self.training else 0.0,
-        )
-        return output.reshape(batch_size, seq_length, -1), weights
+        query, key, value = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        return multi_head_attention(self, query, key, value, attention_mask, output_attentions)
 
 
-class VlmHfSelfOutput(nn.Module):
-    def __init__(self, config: VlmHfConfig):
+class VlmHfResidualOutput(nn.Module):
+    """BERT's block ending: dense from `input_size` to `output_size`, dropout, residual, LayerNorm."""
+
+    def __init__(self, config: VlmHfConfig, input_size: int, output_size: int):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(input_size, output_size)
+        self.LayerNorm = nn.LayerNorm(output_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class VlmHfSelfOutput(VlmHfResidualOutput):
+    """After self-attention."""
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__(config, config.hidden_size, config.hidden_size)
 
 
 class VlmHfAttention(nn.Module):
@@ -476,15 +506,11 @@ class VlmHfIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class VlmHfOutput(nn.Module):
-    def __init__(self, config: VlmHfConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+class VlmHfOutput(VlmHfResidualOutput):
+    """After the feed-forward intermediate layer."""
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+    def __init__(self, config: VlmHfConfig):
+        super().__init__(config, config.intermediate_size, config.hidden_size)
 
 
 class VlmHfLayer(GradientCheckpointingLayer):
@@ -584,34 +610,32 @@ def visual_stream_config(config: VlmHfConfig) -> VlmHfConfig:
     )
 
 
-class VlmHfViLBertVisualEmbeddings(nn.Module):
+class VlmHfViLBertVisualEmbeddings(VlmHfVisualEmbeddings):
     """ViLBERT's visual tokens: feature projection + box location projection, then LayerNorm; no token type."""
 
-    def __init__(self, config: VlmHfConfig):
-        super().__init__()
-        self.config = config
-        self.feature_projection = nn.Linear(config.visual_feature_dim, config.hidden_size)
-        self.location_projection = (
-            nn.Linear(config.visual_location_dim, config.hidden_size) if config.visual_location_dim else None
-        )
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+    has_token_type = False
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        embeddings = self.feature_projection(features)
-        if self.location_projection is not None:
-            locations = box_location_features(boxes, self.config.visual_location_dim).to(features.dtype)
-            embeddings = embeddings + self.location_projection(locations)
-        return self.dropout(self.LayerNorm(embeddings))
+
+def zero_masked_features(features: torch.Tensor, visual_feature_mask: torch.Tensor | None) -> torch.Tensor:
+    """The features of the tokens flagged in `visual_feature_mask` (batch, tokens) zeroed (masked-feature modelling)."""
+    if visual_feature_mask is None:
+        return features
+    _check_leading("visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)")
+    return features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None, keepdim: bool = False) -> torch.Tensor:
+    """Mean of (batch, tokens, width) states over the tokens that `mask` (batch, tokens) keeps (all without a mask)."""
+    weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
+    weights = weights.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1, keepdim=keepdim) / weights.sum(1, keepdim=keepdim).clamp(min=1.0)
 
 
 def prepend_image_token(
     features: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """ViLBERT's [IMG] token in front of the regions: the mean of the real region features, the whole image as box."""
-    weights = torch.ones(features.shape[:2], device=features.device) if mask is None else mask.to(features.device)
-    weights = weights.to(features.dtype).unsqueeze(-1)
-    image_feature = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1.0)
+    image_feature = masked_mean(features, mask, keepdim=True)
     whole_image = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
     features = torch.cat([image_feature, features], dim=1)
     boxes = torch.cat([whole_image.expand(boxes.shape[0], 1, 4), boxes], dim=1)
@@ -642,44 +666,24 @@ class VlmHfCoAttention(nn.Module):
         self.visual_value = nn.Linear(config.visual_hidden_size, width)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _attend(self, query, key, value, key_mask, output_attentions):
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, weights = attention(
-            self,
-            self._split_heads(query),
-            self._split_heads(key),
-            self._split_heads(value),
-            key_mask,
-            scaling=self.scaling,
-            dropout=self.dropout.p if self.training else 0.0,
-        )
-        return output.reshape(*query.shape[:2], -1), weights
-
     def forward(self, text, visual, text_mask=None, visual_mask=None, output_attentions=False):
-        text_context, text_weights = self._attend(
-            self.text_query(text), self.visual_key(visual), self.visual_value(visual), visual_mask, output_attentions
+        # Each stream's queries attend to the other stream's keys and values, under the other stream's mask.
+        text_query, visual_key, visual_value = self.text_query(text), self.visual_key(visual), self.visual_value(visual)
+        text_context, text_weights = multi_head_attention(
+            self, text_query, visual_key, visual_value, visual_mask, output_attentions
         )
-        visual_context, visual_weights = self._attend(
-            self.visual_query(visual), self.text_key(text), self.text_value(text), text_mask, output_attentions
+        visual_query, text_key, text_value = self.visual_query(visual), self.text_key(text), self.text_value(text)
+        visual_context, visual_weights = multi_head_attention(
+            self, visual_query, text_key, text_value, text_mask, output_attentions
         )
         return text_context, visual_context, text_weights, visual_weights
 
 
-class VlmHfCoAttentionOutput(nn.Module):
+class VlmHfCoAttentionOutput(VlmHfResidualOutput):
     """Co-attention context (fusion width) back to a stream's width, residual, LayerNorm."""
 
     def __init__(self, config: VlmHfConfig, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(config.fusion_hidden_size, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+        super().__init__(config, config.fusion_hidden_size, hidden_size)
 
 
 class VlmHfCoAttentionLayer(GradientCheckpointingLayer):
@@ -818,12 +822,7 @@ class VlmHfStreamPooler(nn.Module):
         self.activation = ACT2FN[config.pooler_act]
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.summary_token:
-            summary = states[:, 0]
-        else:
-            weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
-            weights = weights.to(states.dtype).unsqueeze(-1)
-            summary = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        summary = states[:, 0] if self.summary_token else masked_mean(states, mask)
         return self.activation(self.dense(summary))
 
 
@@ -923,6 +922,8 @@ AUTO_MAP = {
     "AutoModelForVisualQuestionAnswering": "modeling_vlm_hf.VlmHfForQuestionAnswering",
     "AutoModelForZeroShotImageClassification": "modeling_vlm_hf.VlmHfForImageTextRetrieval",
     "AutoModelForSequenceClassification": "modeling_vlm_hf.VlmHfForVisualReasoning",
+    # Scores every (visual and text) token: the closest Auto class to referring-expression grounding.
+    "AutoModelForTokenClassification": "modeling_vlm_hf.VlmHfForRegionGrounding",
 }
 
 
@@ -986,6 +987,9 @@ class VlmHfModelOutput(BaseModelOutputWithPooling):
     visual_features (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens, visual_feature_dim)`):
         The visual features before any masking: the targets of masked visual-feature regression (with ViLBERT's
         embeddings, token 0 is the [IMG] token's mean feature).
+    visual_attention_mask (`torch.LongTensor` of shape `(batch_size, num_visual_tokens)`):
+        1 for the real visual tokens of each text's image, 0 for padding (regions, or grid cells covering only
+        `pixel_mask` padding), as the encoder saw them (ViLBERT's [IMG] token included); None when nothing is masked.
 
     Two-stream fusions (`config.fusion != "single_stream"`): `last_hidden_state` and `hidden_states` / `attentions`
     are the text stream's (`(batch_size, text_length, hidden_size)`, one more token with `task_ids`), `pooler_output`
@@ -1008,6 +1012,7 @@ class VlmHfModelOutput(BaseModelOutputWithPooling):
     visual_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     visual_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attention_mask: torch.LongTensor | None = None
 
 
 class VlmHfModel(VlmHfPreTrainedModel):
@@ -1165,8 +1170,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         smallest = self.config.vision_stride  # one cell of the feature map
         if min(pixel_values.shape[-2:]) < smallest:
             raise ValueError(
-                f"`pixel_values` images must be at least {smallest}x{smallest}, got "
-                f"{tuple(pixel_values.shape[-2:])}."
+                f"`pixel_values` images must be at least {smallest}x{smallest}, got {tuple(pixel_values.shape[-2:])}."
             )
         pixel_values = pixel_values.to(self.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
@@ -1185,11 +1189,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         zeroed features (masked regression; UNITER and VL-BERT add their learned mask embedding). `text_lengths`
         (real text tokens per example) place VL-BERT's objects in the position table.
         """
-        if visual_feature_mask is not None:
-            _check_leading(
-                "visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)"
-            )
-            features = features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
+        features = zero_masked_features(features, visual_feature_mask)
         return self.visual_embeddings(features, boxes, self.embeddings, visual_feature_mask, text_lengths)
 
     def text_visual_context(self, features=None, boxes=None, visual_feature_mask=None) -> torch.Tensor | None:
@@ -1273,13 +1273,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         """
         if self.config.visual_embedding_type == "vilbert":
             features, boxes, mask = prepend_image_token(features, boxes, mask)
-        inputs = features
-        if visual_feature_mask is not None:
-            _check_leading(
-                "visual_feature_mask", visual_feature_mask, features.shape[:2], "(batch_size, num_visual_tokens)"
-            )
-            inputs = features.masked_fill(visual_feature_mask.bool().unsqueeze(-1), 0.0)
-        return self.visual_embeddings(inputs, boxes), features, mask
+        return self.visual_embeddings(zero_masked_features(features, visual_feature_mask), boxes), features, mask
 
     def insert_task_token(
         self, text: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None
@@ -1355,6 +1349,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         visual, features, visual_mask = self.embed_visual_stream(features, boxes, visual_mask, visual_feature_mask)
         encoded = self.encode_two_streams(text, attention_mask, visual, visual_mask, **outputs)
         encoded.visual_features = features
+        encoded.visual_attention_mask = visual_mask
         return encoded
 
     @can_return_tuple
@@ -1433,7 +1428,7 @@ class VlmHfModel(VlmHfPreTrainedModel):
         )
 
         outputs = self.encode(embeddings, mask, output_attentions, output_hidden_states)
-        return VlmHfModelOutput(**outputs, visual_features=features)
+        return VlmHfModelOutput(**outputs, visual_features=features, visual_attention_mask=visual_mask)
 
 
 def pair_with_texts(batch_size: int, image_index, *per_image: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -1592,6 +1587,14 @@ class VlmHfForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def _class_id_loss(name: str, logits: torch.Tensor, labels: torch.Tensor, what: str) -> torch.Tensor:
+    """Cross-entropy of (batch, classes) logits against one class id per row, after checking the ids."""
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"`{name}` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
+    _check_index_range(name, labels, logits.shape[-1], what)
+    return F.cross_entropy(logits.float(), labels)
+
+
 def _sum_losses(*losses: torch.Tensor | None) -> torch.Tensor | None:
     present = [loss for loss in losses if loss is not None]
     return torch.stack(present).sum() if present else None
@@ -1694,12 +1697,7 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
         itm_logits = self.itm_head(outputs.pooler_output)
         itm_loss = None
         if itm_labels is not None:
-            if itm_labels.shape != itm_logits.shape[:1]:
-                raise ValueError(
-                    f"`itm_labels` must have shape ({itm_logits.shape[0]},), got {tuple(itm_labels.shape)}."
-                )
-            _check_index_range("itm_labels", itm_labels, 2, "0 = mismatched, 1 = matched")
-            itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
+            itm_loss = _class_id_loss("itm_labels", itm_logits, itm_labels, "0 = mismatched, 1 = matched")
 
         visual_predictions = mvf_loss = None
         # Only the visual tokens themselves (not VL-BERT's [END] after them).
@@ -1763,11 +1761,12 @@ class VlmHfAnswerHead(nn.Module):
     single linear layer (`answer_head="linear"`, VisualBERT).
     """
 
-    def __init__(self, config: VlmHfConfig):
+    def __init__(self, config: VlmHfConfig, input_size: int | None = None, head_type: str | None = None):
         super().__init__()
-        width = config.joint_hidden_size
+        # Defaults: the VQA head over the joint vector; other heads (NLVR2 pairs) read other widths.
+        width = input_size or config.joint_hidden_size
         self.dense = self.activation = self.LayerNorm = None
-        if config.answer_head == "mlp":
+        if (head_type or config.answer_head) == "mlp":
             width, hidden_width = config.answer_head_hidden_size, width
             self.dense = nn.Linear(hidden_width, width)
             self.activation = ACT2FN[config.hidden_act]
@@ -1897,8 +1896,9 @@ class VlmHfForVisualReasoningOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`):
         Cross-entropy against `labels`.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-        Class scores of each (text, image) pair, e.g. NLVR2's false / true.
+    logits (`torch.FloatTensor` of shape `(num_examples, num_labels)`):
+        Class scores of each example, e.g. NLVR2's false / true: one per row, or one per pair of rows with
+        `config.visual_reasoning_pairs` (`hidden_states` and `attentions` stay per row).
     """
 
     loss: torch.FloatTensor | None = None
@@ -1909,16 +1909,23 @@ class VlmHfForVisualReasoningOutput(ModelOutput):
 
 class VlmHfForVisualReasoning(VlmHfPreTrainedModel):
     """
-    Classifies each text with its image(s) (NLVR2: is the statement true of the image pair?): dropout and a linear
-    layer over the pooled output, as VisualBERT's `VisualBertForVisualReasoning`. For NLVR2's two images, pass the
-    regions of both as one image's `visual_embeds`.
+    Classifies each text with its image(s) (NLVR2: is the statement true of the image pair?) from the pooled output.
+    By default, dropout and a linear layer over each row, as VisualBERT's `VisualBertForVisualReasoning` (for NLVR2's
+    two images, pass the regions of both as one image's `visual_embeds`). With `config.visual_reasoning_pairs`, as
+    ViLBERT's NLVR2 head: rows `2k` and `2k + 1` are example `k`'s text with its first and its second image, each
+    encoded on its own, and the classifier (`config.visual_reasoning_head`) reads their two joint vectors
+    concatenated.
     """
 
     def __init__(self, config: VlmHfConfig):
         super().__init__(config)
         self.vlm_hf = VlmHfModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.joint_hidden_size, config.num_labels)
+        width = config.joint_hidden_size * (2 if config.visual_reasoning_pairs else 1)
+        if config.visual_reasoning_head == "mlp":
+            self.classifier = VlmHfAnswerHead(config, input_size=width, head_type="mlp")
+        else:
+            self.classifier = nn.Linear(width, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -1936,13 +1943,137 @@ class VlmHfForVisualReasoning(VlmHfPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
         image_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        task_ids: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> VlmHfForVisualReasoningOutput:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`):
-            The class of each pair, in `[0, num_labels)`.
+        labels (`torch.LongTensor` of shape `(num_examples,)`):
+            The class of each example, in `[0, num_labels)` (NLVR2: 1 = true). `num_examples` is `batch_size`, or
+            `batch_size // 2` with `config.visual_reasoning_pairs`.
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            Task tokens (`config.num_task_tokens`, 12-in-1: 12 for NLVR2).
+
+        With `config.visual_reasoning_pairs`, `batch_size` is even: repeat each text for its two images
+        (`input_ids.repeat_interleave(2, dim=0)`) and give the images in the order first, second of each example (or
+        point at them with `image_index`).
+        """
+        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if self.config.visual_reasoning_pairs and batch_size % 2:
+            raise ValueError(
+                "With config.visual_reasoning_pairs, rows 2k and 2k+1 are one example's text with its two images: "
+                f"the batch must have an even number of rows, got {batch_size}."
+            )
+        outputs = self.vlm_hf(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            visual_embeds=visual_embeds,
+            visual_boxes=visual_boxes,
+            visual_attention_mask=visual_attention_mask,
+            image_index=image_index,
+            task_ids=task_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = outputs.pooler_output
+        if self.config.visual_reasoning_pairs:
+            # ViLBERT's `pooled_output.view(-1, 2 * width)`: an example's two (text, image) rows side by side.
+            pooled = pooled.reshape(batch_size // 2, 2 * pooled.shape[-1])
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else _class_id_loss("labels", logits, labels, "num_labels")
+        return VlmHfForVisualReasoningOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Region grounding (referring expressions)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def text_and_visual_states(outputs: VlmHfModelOutput, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The final states of the text tokens and of the visual tokens: each stream's own with two streams (the text then
+    includes a task token), the two parts of the joint sequence otherwise (without VL-BERT's [END]).
+    """
+    if outputs.visual_last_hidden_state is not None:
+        return outputs.last_hidden_state, outputs.visual_last_hidden_state
+    num_visual = outputs.visual_features.shape[1]
+    sequence = outputs.last_hidden_state
+    return sequence[:, :text_length], sequence[:, text_length : text_length + num_visual]
+
+
+@dataclass
+class VlmHfForRegionGroundingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        Cross-entropy over the visual tokens against the referred token's index, or binary cross-entropy against
+        soft per-token targets (summed over the real tokens, averaged over texts), as `labels` say.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens)`):
+        How much each visual token (region or grid cell; ViLBERT's [IMG] token first) is what the text refers to.
+        Padded tokens get -10000 added, so that a softmax over a row ignores them.
+    token_logits (`torch.FloatTensor` of shape `(batch_size, text_length)`):
+        A score of each text token (ViLBERT's `linguisic_logit`; with `task_ids`, one more position: the task token
+        at index 1). Padding is not masked.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    token_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class VlmHfForRegionGrounding(VlmHfPreTrainedModel):
+    """
+    Region grounding (referring expressions: which region does the text describe?): a linear layer scores every
+    visual token's final state, and another one every text token's, as ViLBERT's `vision_logit` and `linguisic_logit`
+    (12-in-1's RefCOCO / RefCOCO+ / RefCOCOg, Visual7W and GuessWhat pointing). Works with every fusion: with one
+    stream the visual tokens' states are their part of the joint sequence.
+    """
+
+    def __init__(self, config: VlmHfConfig):
+        super().__init__(config)
+        self.vlm_hf = VlmHfModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.region_classifier = nn.Linear(config.visual_stream_hidden_size, 1)
+        self.token_classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        visual_embeds: torch.FloatTensor | None = None,
+        visual_boxes: torch.FloatTensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        image_index: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        task_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> VlmHfForRegionGroundingOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
+        `(batch_size, num_visual_tokens)`):
+            The index of the referred visual token (cross-entropy), or a soft target in [0, 1] per visual token
+            (binary cross-entropy; ViLBERT's RefCOCO targets: each region's IoU with the referred box, when at least
+            0.5). Visual tokens are numbered as in `logits` (with ViLBERT's embeddings, region `i` is token `i + 1`).
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            Task tokens (`config.num_task_tokens`, 12-in-1: e.g. 11 for RefCOCO).
         """
         outputs = self.vlm_hf(
             input_ids,
@@ -1956,19 +2087,47 @@ class VlmHfForVisualReasoning(VlmHfPreTrainedModel):
             visual_boxes=visual_boxes,
             visual_attention_mask=visual_attention_mask,
             image_index=image_index,
+            task_ids=task_ids,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape[:1]:
-                raise ValueError(f"`labels` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
-            _check_index_range("labels", labels, self.config.num_labels, "num_labels")
-            loss = F.cross_entropy(logits.float(), labels)
-        return VlmHfForVisualReasoningOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        text_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        text_states, visual_states = text_and_visual_states(outputs, text_length)
+        logits = self.region_classifier(self.dropout(visual_states)).squeeze(-1)
+        visual_mask = outputs.visual_attention_mask
+        if visual_mask is not None:
+            # ViLBERT's additive -10000 (not -inf): the value is part of its outputs.
+            logits = logits + (1.0 - visual_mask.to(logits.device, logits.dtype)) * -10000.0
+        token_logits = self.token_classifier(self.dropout(text_states)).squeeze(-1)
+        loss = None if labels is None else self._grounding_loss(logits, labels, visual_mask)
+        return VlmHfForRegionGroundingOutput(
+            loss=loss,
+            logits=logits,
+            token_logits=token_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
+
+    @staticmethod
+    def _grounding_loss(logits: torch.Tensor, labels: torch.Tensor, visual_mask: torch.Tensor | None) -> torch.Tensor:
+        if visual_mask is None:
+            visual_mask = torch.ones_like(logits, dtype=torch.bool)
+        valid = visual_mask.to(logits.device).bool()
+        if labels.is_floating_point():
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Soft `labels` must have shape {tuple(logits.shape)} (batch_size, num_visual_tokens), got "
+                    f"{tuple(labels.shape)}."
+                )
+            if not torch.isfinite(labels).all() or labels.min() < 0 or labels.max() > 1:
+                raise ValueError("Soft `labels` must lie in [0, 1].")
+            per_token = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+            return (per_token * valid).sum() / logits.shape[0]
+        loss = _class_id_loss("labels", logits, labels, "num_visual_tokens")
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        if not bool(valid[rows, labels.to(logits.device)].all()):
+            raise ValueError("`labels` point at padded visual tokens (visual_attention_mask 0); point at real ones.")
+        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2055,11 +2214,7 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
         embeddings = self.vlm_hf.embed_visual(features, boxes)
         mask = None if mask is None else pad_mask(mask, embeddings.shape[1])  # VL-BERT's [END]
         outputs = self.vlm_hf.encode(embeddings, mask)
-        states = outputs.last_hidden_state
-        weights = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.to(states.device)
-        weights = weights.to(states.dtype).unsqueeze(-1)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.image_projection(pooled)
+        return self.image_projection(masked_mean(outputs.last_hidden_state, mask))
 
     @can_return_tuple
     def forward(
@@ -2118,10 +2273,7 @@ class VlmHfForImageTextRetrieval(VlmHfPreTrainedModel):
             )
             itm_logits = self.itm_head(joint.pooler_output)
             if labels is not None:
-                if labels.shape != (num_texts,):
-                    raise ValueError(f"`labels` must have shape ({num_texts},), got {tuple(labels.shape)}.")
-                _check_index_range("labels", labels, 2, "0 = mismatched, 1 = matched")
-                itm_loss = F.cross_entropy(itm_logits.float(), labels)
+                itm_loss = _class_id_loss("labels", itm_logits, labels, "0 = mismatched, 1 = matched")
         if return_loss:
             if not paired:
                 raise ValueError("`return_loss` needs text-image pairs: pass `image_index` or one image per text.")
