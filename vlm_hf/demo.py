@@ -61,10 +61,6 @@ def trainer_flags(args, output_dir: Path, steps: int, learning_rate: float) -> l
         "cosine",
         "--weight_decay",
         "0.01",
-        "--hidden_dropout_prob",
-        "0",
-        "--attention_probs_dropout_prob",
-        "0",
         "--logging_steps",
         str(max(1, steps // 10)),
         "--save_strategy",
@@ -81,8 +77,8 @@ def trainer_flags(args, output_dir: Path, steps: int, learning_rate: float) -> l
 
 
 def new_model_flags(args) -> list[str]:
-    """The architecture of the demo's new model: a ResNet-18 cut after its third stage (stride 16: a 4x4 map of a
-    64x64 scene), pooled to a 3x3 grid of visual tokens, under a 4-layer, 256-wide Transformer."""
+    """The architecture of the demo's new model: a ResNet-18 (up to `--vision-feature-layer`) pooled to a
+    `--visual-grid` grid of visual tokens, under a 4-layer, 256-wide Transformer."""
     return [
         "--vision_backbone",
         "resnet18",
@@ -94,9 +90,8 @@ def new_model_flags(args) -> list[str]:
         "256",
         "--num_hidden_layers",
         "4",
-        # Larger than BERT's 0.02: a small Transformer trained from scratch leaves its plateau much sooner.
         "--initializer_range",
-        "0.1",
+        str(args.initializer_range),
     ]
 
 
@@ -159,13 +154,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("demo_output"))
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=300)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (each with all its questions)")
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--finetune-steps", type=int, default=900)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--vision-feature-layer", default="layer3", help="ResNet-18 stage that gives the grid")
-    parser.add_argument("--visual-grid", type=int, default=3, help="visual tokens per side")
+    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--vision-feature-layer", default="layer4", help="ResNet-18 stage that gives the grid")
+    parser.add_argument("--visual-grid", type=int, default=4, help="visual tokens per side")
+    parser.add_argument("--initializer-range", type=float, default=0.02, help="std of the new Transformer's weights")
     parser.add_argument("--new-scenes", type=int, default=4)
     args = parser.parse_args(argv)
 
