@@ -1673,13 +1673,11 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         text_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        if outputs.visual_last_hidden_state is not None:  # two streams: each head reads its own stream
-            text_states, visual_states = outputs.last_hidden_state, outputs.visual_last_hidden_state
-            if labels is not None and task_ids is not None and labels.shape == (text_states.shape[0], text_length):
-                labels = torch.cat([labels[:, :1], torch.full_like(labels[:, :1], -100), labels[:, 1:]], dim=1)
-        else:
-            text_states = outputs.last_hidden_state[:, :text_length]
-            visual_states = outputs.last_hidden_state[:, text_length:]
+        text_states, visual_states = text_and_visual_states(outputs, text_length)
+        two_streams_with_task = outputs.visual_last_hidden_state is not None and task_ids is not None
+        if two_streams_with_task and labels is not None and labels.shape == (text_states.shape[0], text_length):
+            # The text stream has the task token after [CLS]; it is not scored.
+            labels = torch.cat([labels[:, :1], torch.full_like(labels[:, :1], -100), labels[:, 1:]], dim=1)
 
         mlm_loss = None
         if labels is not None:
@@ -1700,8 +1698,6 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             itm_loss = _class_id_loss("itm_labels", itm_logits, itm_labels, "0 = mismatched, 1 = matched")
 
         visual_predictions = mvf_loss = None
-        # Only the visual tokens themselves (not VL-BERT's [END] after them).
-        visual_states = visual_states[:, : outputs.visual_features.shape[1]]
         if visual_feature_mask is not None:
             masked_visual = visual_feature_mask.bool()
             projection = getattr(self.vlm_hf.visual_embeddings, "feature_projection", None)
