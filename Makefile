@@ -29,6 +29,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_pretraining.py
 	$(BIN)/python benchmarks/bench_image_processor.py
 	$(BIN)/python benchmarks/bench_grouping.py
+	$(BIN)/python benchmarks/bench_generation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

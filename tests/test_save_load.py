@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -31,6 +32,7 @@ AUTO_CLASSES = {
     vlm_hf.VlmHfForImageTextRetrieval: AutoModelForZeroShotImageClassification,
     vlm_hf.VlmHfForVisualReasoning: AutoModelForSequenceClassification,
     vlm_hf.VlmHfForRegionGrounding: AutoModelForTokenClassification,
+    vlm_hf.VlmHfForConditionalGeneration: AutoModelForImageTextToText,
 }
 
 

@@ -7,6 +7,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -18,6 +19,7 @@ from transformers import (
 from .configuration_vlm_hf import VlmHfConfig
 from .image_processing_vlm_hf import VlmHfImageProcessor
 from .modeling_vlm_hf import (
+    VlmHfForConditionalGeneration,
     VlmHfForImageTextRetrieval,
     VlmHfForPreTraining,
     VlmHfForQuestionAnswering,
@@ -41,6 +43,7 @@ AUTO_MODEL_CLASSES = {
     AutoModelForZeroShotImageClassification: VlmHfForImageTextRetrieval,
     AutoModelForSequenceClassification: VlmHfForVisualReasoning,
     AutoModelForTokenClassification: VlmHfForRegionGrounding,
+    AutoModelForImageTextToText: VlmHfForConditionalGeneration,
 }
 
 
@@ -71,6 +74,7 @@ __all__ = [
     "VlmHfForVisualReasoning",
     "VlmHfForRegionGrounding",
     "VlmHfForImageTextRetrieval",
+    "VlmHfForConditionalGeneration",
     "VlmHfImageProcessor",
     "VlmHfProcessor",
     "VisualQuestionAnsweringPipeline",

@@ -49,13 +49,29 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     from .data import generate_synthetic_dataset
     from .data.sources import DataSourceArguments, arrange_rows, check_data_arguments, first_rows, load_data
-    from .evaluation import evaluate_retrieval, evaluate_vqa
-    from .modeling_vlm_hf import VlmHfForImageTextRetrieval, VlmHfForQuestionAnswering
+    from .evaluation import evaluate_captioning, evaluate_retrieval, evaluate_vqa, require_pycocoevalcap
+    from .modeling_vlm_hf import (
+        VlmHfForConditionalGeneration,
+        VlmHfForImageTextRetrieval,
+        VlmHfForQuestionAnswering,
+    )
 
     # The data arguments of the training commands, checked before the model is read.
     source = DataSourceArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataSourceArguments)})
     check_data_arguments(source, args.task)
-    model_class = VlmHfForQuestionAnswering if args.task == "vqa" else VlmHfForImageTextRetrieval
+    if args.task == "captioning":
+        if not source.group_by_image:
+            raise ValueError("--group_by_image false: captions are scored per image, against all of its references")
+        try:
+            require_pycocoevalcap()
+        except ImportError as error:
+            print(f"vlm-hf evaluate: {error}", file=sys.stderr)
+            return 1
+    model_class = {
+        "vqa": VlmHfForQuestionAnswering,
+        "retrieval": VlmHfForImageTextRetrieval,
+        "captioning": VlmHfForConditionalGeneration,
+    }[args.task]
     model = model_class.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     if source.dataset == "synthetic":
@@ -65,8 +81,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
         dataset = arrange_rows(scenes, source.group_by_image, args.task)
     else:
         dataset = first_rows(load_data(source, args.task, default_split="test"), args.num_images)
-    evaluate = evaluate_vqa if args.task == "vqa" else evaluate_retrieval
-    print(json.dumps(evaluate(model, processor, dataset, batch_size=args.batch_size), indent=2))
+    if args.task == "captioning":
+        result = evaluate_captioning(
+            model,
+            processor,
+            dataset,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams,
+            meteor=False if args.no_meteor else None,
+        )
+    else:
+        evaluate = evaluate_vqa if args.task == "vqa" else evaluate_retrieval
+        result = evaluate(model, processor, dataset, batch_size=args.batch_size)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -94,6 +122,38 @@ def predict_command(args: argparse.Namespace) -> int:
         out = model(**processor(images=Image.open(args.image), text=args.captions))
     for score, caption in sorted(zip(out.logits_per_image[0].tolist(), args.captions, strict=True), reverse=True):
         print(f"{score:.3f}  {caption}")
+    return 0
+
+
+def hub_repo_id(value: str) -> str:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repository id (namespace/name): {error}") from None
+    return value
+
+
+def push_command(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import push_to_hub_folder
+
+    try:
+        commit = push_to_hub_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private or None,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            token=args.token,
+        )
+    except HfHubHTTPError as error:  # refused by the Hub (token, permissions, ...): not a bad argument
+        print(f"vlm-hf push: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.folder} to {commit.repo_url} (branch {args.revision or 'main'}): {commit.commit_url}")
     return 0
 
 
@@ -137,22 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(run=pretrain_command)
     finetune = commands.add_parser(
         "finetune",
-        help="fine-tune VQA or retrieval with transformers' Trainer",
+        help="fine-tune VQA, retrieval or captioning with transformers' Trainer",
         add_help=False,
         description=trainer_help,
     )
-    finetune.add_argument("--task", required=True, choices=["vqa", "retrieval"])
+    finetune.add_argument("--task", required=True, choices=["vqa", "retrieval", "captioning"])
     finetune.set_defaults(run=finetune_command)
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="VQA accuracy per question type, or retrieval Recall@K and ITM F1",
+        help="VQA accuracy per question type, retrieval Recall@K and ITM F1, or caption BLEU/CIDEr-D/ROUGE-L/METEOR",
         description="The data arguments (--dataset, --image_dir, ...) are those of the training commands; "
         "--split defaults to test.",
         parents=[data_source_parser()],
     )
     evaluate.add_argument("model", type=existing_model_folder, help="a saved model folder")
-    evaluate.add_argument("--task", required=True, choices=["vqa", "retrieval"])
+    evaluate.add_argument("--task", required=True, choices=["vqa", "retrieval", "captioning"])
     evaluate.add_argument(
         "--num-images", type=int, default=None, help="held-out synthetic scenes (300), or the first rows of a dataset"
     )
@@ -160,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image-size", type=int, default=128)
     evaluate.add_argument("--max-objects", type=int, default=3)
     evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--max-new-tokens", type=int, default=20, help="captioning: longest generated caption")
+    evaluate.add_argument("--num-beams", type=int, default=1, help="captioning: 1 is greedy, more is beam search")
+    evaluate.add_argument(
+        "--no-meteor", action="store_true", help="captioning: skip METEOR (a Java process; skipped anyway without Java)"
+    )
     evaluate.set_defaults(run=evaluate_command)
 
     predict = commands.add_parser("predict", help="answer a question about an image, or rank captions for it")
@@ -169,6 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--captions", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(run=predict_command)
+
+    push = commands.add_parser(
+        "push",
+        help="upload a saved model folder (weights, config, code, processor, model card) to the Hub in one commit",
+    )
+    push.add_argument("folder", type=existing_model_folder, help="a saved model folder")
+    push.add_argument("repo_id", type=hub_repo_id, help="the Hub repository, namespace/name (created if needed)")
+    push.add_argument(
+        "--private", action="store_true", help="create the repository private (refused if it exists and is public)"
+    )
+    push.add_argument("--revision", help="branch to commit to, created from main if missing (default: main)")
+    push.add_argument("--commit-message", help='default: "Upload <model class> with vlm-hf"')
+    push.add_argument("--token", help="a Hub token with write access (default: HF_TOKEN or the saved login)")
+    push.set_defaults(run=push_command)
 
     from .conversion import CONVERTERS
 

@@ -43,6 +43,7 @@ POOLED_FUSIONS = ("add", "multiply", "concat", "outer")
 JOINT_POOLINGS = ("product", "sum")
 ANSWER_HEADS = ("mlp", "linear")
 ANSWER_POOLINGS = ("pooler", "answer_token")
+REGION_CLASSIFICATION_TOKENS = ("masked", "all")
 
 # Hyperparameters of the original releases. The tiny variants keep each original's recipe (embedding type, heads,
 # activation, eps, location features) at test sizes.
@@ -233,6 +234,12 @@ class VlmHfConfig(PreTrainedConfig):
     num_region_classes (`int`, defaults to 0), region_head_layer_norm (`bool`, defaults to `True`):
         Masked region classification head of [`VlmHfForPreTraining`] (UNITER MRC with LayerNorm, VL-BERT MVRC
         without); 0 builds none.
+    region_classification_tokens (`str`, defaults to `"masked"`):
+        Which visual tokens the region classification head scores: `"masked"` (UNITER, VL-BERT, ViLBERT: only the
+        masked regions, predicted from their context) or `"all"` (every real visual token; with a trainable backbone
+        this teaches its grid cells what they show, from object boxes mapped onto the grid).
+    region_class_names (`list[str]`, *optional*):
+        The names of the region classes (index = class id), recorded when they come from the training data.
     fusion (`str`, defaults to `"single_stream"`):
         How text and image meet. `"single_stream"`: one Transformer over `[text; visual]` tokens (VisualBERT,
         VL-BERT, UNITER). `"co_attention"`: ViLBERT's two streams — the text stream (`hidden_size`,
@@ -272,6 +279,10 @@ class VlmHfConfig(PreTrainedConfig):
         Width of the image and text embeddings of [`VlmHfForImageTextRetrieval`].
     logit_scale_init_value (`float`, defaults to 2.6592):
         Initial log temperature of the retrieval similarities (CLIP's `log(1 / 0.07)`).
+    bos_token_id, eos_token_id (`int`, *optional*):
+        Generation ([`VlmHfForConditionalGeneration`]): the tokenizer's [CLS] and [SEP] ids. A prompt is
+        `[CLS] prompt [SEP]` (the empty prompt, for captions, is `[CLS] [SEP]`) and the generated text ends with
+        [SEP]; `generate` stops there. Unset, generation runs to its length limit.
 
     Example:
 
@@ -297,6 +308,8 @@ class VlmHfConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
     vision_backbone: str | None = "resnet101"
     vision_pretrained: str | None = None
@@ -332,6 +345,8 @@ class VlmHfConfig(PreTrainedConfig):
     tie_visual_regression_weights: bool = False
     num_region_classes: int = 0
     region_head_layer_norm: bool = True
+    region_classification_tokens: str = "masked"
+    region_class_names: list[str] | None = None
     preset: str | None = None
 
     retrieval_embed_dim: int = 256
@@ -462,6 +477,16 @@ class VlmHfConfig(PreTrainedConfig):
             raise ValueError(f"answer_head_hidden_size must be positive, got {self.answer_head_hidden_size}.")
         if self.num_region_classes < 0:
             raise ValueError(f"num_region_classes must be >= 0 (0 = no region head), got {self.num_region_classes}.")
+        if self.region_classification_tokens not in REGION_CLASSIFICATION_TOKENS:
+            raise ValueError(
+                f"region_classification_tokens must be one of {REGION_CLASSIFICATION_TOKENS}, "
+                f"got {self.region_classification_tokens!r}."
+            )
+        names = self.region_class_names
+        if names is not None and len(names) != self.num_region_classes:
+            raise ValueError(
+                f"region_class_names has {len(names)} names but num_region_classes is {self.num_region_classes}."
+            )
 
     def _validate_fusion(self) -> None:
         if self.fusion not in FUSIONS:

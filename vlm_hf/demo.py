@@ -78,7 +78,7 @@ def trainer_flags(args, output_dir: Path, steps: int, learning_rate: float) -> l
 
 def new_model_flags(args) -> list[str]:
     """The architecture of the demo's new model: a ResNet-18 (up to `--vision-feature-layer`) pooled to a
-    `--visual-grid` grid of visual tokens, under a 4-layer, 256-wide Transformer."""
+    `--visual-grid` grid of visual tokens, under a small Transformer without dropout (the scenes are plentiful)."""
     return [
         "--vision_backbone",
         "resnet18",
@@ -87,11 +87,15 @@ def new_model_flags(args) -> list[str]:
         "--visual_grid",
         str(args.visual_grid),
         "--hidden_size",
-        "256",
+        str(args.hidden_size),
         "--num_hidden_layers",
-        "4",
+        str(args.num_layers),
         "--initializer_range",
         str(args.initializer_range),
+        "--hidden_dropout_prob",
+        "0",
+        "--attention_probs_dropout_prob",
+        "0",
     ]
 
 
@@ -154,14 +158,24 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("demo_output"))
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=300)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (each with all its questions)")
-    parser.add_argument("--pretrain-steps", type=int, default=60)
-    parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--vision-feature-layer", default="layer4", help="ResNet-18 stage that gives the grid")
-    parser.add_argument("--visual-grid", type=int, default=4, help="visual tokens per side")
-    parser.add_argument("--initializer-range", type=float, default=0.02, help="std of the new Transformer's weights")
+    parser.add_argument("--pretrain-steps", type=int, default=800)
+    parser.add_argument("--finetune-steps", type=int, default=1500)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--vision-feature-layer", default="layer2", help="ResNet-18 stage that gives the grid")
+    parser.add_argument(
+        "--visual-grid", type=int, default=3, help="visual tokens per side (3: one per cell of the scenes' layout)"
+    )
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=3)
+    parser.add_argument(
+        "--initializer-range",
+        type=float,
+        default=0.1,
+        help="std of the new Transformer's weights: about 1/sqrt(hidden size), as BERT's 0.02 is for 768 and far too "
+        "small for a narrow model to learn in minutes",
+    )
     parser.add_argument("--new-scenes", type=int, default=4)
     args = parser.parse_args(argv)
 
@@ -189,10 +203,17 @@ def main(argv=None) -> int:
     stage(
         2,
         f"Pretraining a new model for {args.pretrain_steps} steps "
-        "(masked LM + image-text matching + masked visual features).",
+        "(masked LM + image-text matching + masked visual features + region classification).",
     )
     training_start = time.time()
-    pretrain([*trainer_flags(args, pretrained, args.pretrain_steps, args.learning_rate), *new_model_flags(args)])
+    pretrain(
+        [
+            *trainer_flags(args, pretrained, args.pretrain_steps, args.learning_rate),
+            *new_model_flags(args),
+            "--region_classification",
+            "all",  # the grid cells learn which object they show, from the scenes' object boxes
+        ]
+    )
 
     stage(3, f"Fine-tuning visual question answering for {args.finetune_steps} steps from the pretrained model.")
     finetune(

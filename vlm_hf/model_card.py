@@ -55,6 +55,7 @@ PIPELINE_TAG_OF_HEAD = {
     "VlmHfForPreTraining": "feature-extraction",
     "VlmHfForQuestionAnswering": "visual-question-answering",
     "VlmHfForImageTextRetrieval": "zero-shot-image-classification",
+    "VlmHfForConditionalGeneration": "image-text-to-text",
 }
 
 # Files that `ProcessorMixin.save_pretrained` / `ImageProcessor.save_pretrained` write: their presence means the card

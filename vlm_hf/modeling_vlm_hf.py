@@ -11,10 +11,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_vlm_hf import VlmHfConfig
@@ -420,24 +423,29 @@ def multi_head_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     output_attentions: bool = False,
+    cache: Cache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     (batch, length, width) projections split into `module.num_heads` heads, attended with the configured attention
     implementation, merged back to (batch, query length, width). `module` holds `config`, `num_heads`, `head_dim`,
-    `scaling` and `dropout` (self-attention and co-attention alike).
+    `scaling` and `dropout` (self-attention and co-attention alike). With a `cache`, the new keys and values are
+    appended to layer `module.layer_idx`'s cached ones and the queries attend to all of them.
     """
 
     def split_heads(states: torch.Tensor) -> torch.Tensor:
         return states.view(*states.shape[:2], module.num_heads, module.head_dim).transpose(1, 2)
 
+    key, value = split_heads(key), split_heads(value)
+    if cache is not None:
+        key, value = cache.update(key, value, module.layer_idx)
     # Attention weights exist only in the eager computation.
     implementation = "eager" if output_attentions else module.config._attn_implementation
     attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     output, weights = attention(
         module,
         split_heads(query),
-        split_heads(key),
-        split_heads(value),
+        key,
+        value,
         attention_mask,
         scaling=module.scaling,
         dropout=module.dropout.p if module.training else 0.0,
@@ -446,9 +454,10 @@ def multi_head_attention(
 
 
 class VlmHfSelfAttention(nn.Module):
-    def __init__(self, config: VlmHfConfig):
+    def __init__(self, config: VlmHfConfig, layer_idx: int | None = None):
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx  # where this layer's keys and values live in a generation cache
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
@@ -459,10 +468,14 @@ class VlmHfSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        cache: Cache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
-        return multi_head_attention(self, query, key, value, attention_mask, output_attentions)
+        return multi_head_attention(self, query, key, value, attention_mask, output_attentions, cache)
 
 
 class VlmHfResidualOutput(nn.Module):
@@ -486,13 +499,13 @@ class VlmHfSelfOutput(VlmHfResidualOutput):
 
 
 class VlmHfAttention(nn.Module):
-    def __init__(self, config: VlmHfConfig):
+    def __init__(self, config: VlmHfConfig, layer_idx: int | None = None):
         super().__init__()
-        self.self = VlmHfSelfAttention(config)
+        self.self = VlmHfSelfAttention(config, layer_idx)
         self.output = VlmHfSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, output_attentions=False):
-        attended, weights = self.self(hidden_states, attention_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask, output_attentions=False, cache=None):
+        attended, weights = self.self(hidden_states, attention_mask, output_attentions, cache)
         return self.output(attended, hidden_states), weights
 
 
@@ -514,28 +527,32 @@ class VlmHfOutput(VlmHfResidualOutput):
 
 
 class VlmHfLayer(GradientCheckpointingLayer):
-    def __init__(self, config: VlmHfConfig):
+    def __init__(self, config: VlmHfConfig, layer_idx: int | None = None):
         super().__init__()
-        self.attention = VlmHfAttention(config)
+        self.attention = VlmHfAttention(config, layer_idx)
         self.intermediate = VlmHfIntermediate(config)
         self.output = VlmHfOutput(config)
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
-        attention_output, weights = self.attention(hidden_states, attention_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False, cache=None):
+        attention_output, weights = self.attention(hidden_states, attention_mask, output_attentions, cache)
         return self.output(self.intermediate(attention_output), attention_output), weights
 
 
 class VlmHfEncoder(nn.Module):
     def __init__(self, config: VlmHfConfig):
         super().__init__()
-        self.layer = nn.ModuleList([VlmHfLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layer = nn.ModuleList([VlmHfLayer(config, index) for index in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False):
+    def forward(
+        self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False, cache=None
+    ):
+        """`cache`: a transformers `Cache` that receives every layer's keys and values (generation)."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layer:
-            # Positional arguments: gradient checkpointing only forwards gradients through those.
-            hidden_states, weights = layer(hidden_states, attention_mask, output_attentions)
+            # Positional arguments: gradient checkpointing only forwards gradients through those. The cache goes by
+            # keyword, so that gradient checkpointing in training can drop it.
+            hidden_states, weights = layer(hidden_states, attention_mask, output_attentions, cache=cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -924,7 +941,61 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_vlm_hf.VlmHfForVisualReasoning",
     # Scores every (visual and text) token: the closest Auto class to referring-expression grounding.
     "AutoModelForTokenClassification": "modeling_vlm_hf.VlmHfForRegionGrounding",
+    "AutoModelForImageTextToText": "modeling_vlm_hf.VlmHfForConditionalGeneration",
 }
+
+
+# -- safe loading -----------------------------------------------------------------------------------------------------
+# `VlmHfPreTrainedModel.from_pretrained` reads weights from safetensors only: unpickling a checkpoint (`torch.load`)
+# can run arbitrary code, so pickle weights load only with an explicit `allow_pickle_weights=True`.
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+
+def _check_checkpoint_model_type(model_class, path, kwargs: dict) -> None:
+    """Refuse a config of another model type (a BERT folder, say) rather than load part of it with warnings."""
+    config, expected = kwargs.get("config"), model_class.config_class
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        # By model type, not class: the package's VlmHfConfig and a `trust_remote_code` copy of it are both right.
+        if getattr(config, "model_type", None) != expected.model_type:
+            raise ValueError(f"config must be a {expected.__name__}, got a {type(config).__name__}.")
+        return
+    if path is None or kwargs.get("gguf_file"):
+        return
+    try:
+        config_dict, _ = expected.get_config_dict(config or path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+    except OSError:  # no readable config: transformers' own loading reports it
+        return
+    model_type = config_dict.get("model_type")
+    if model_type is not None and model_type != expected.model_type:
+        raise ValueError(
+            f"{config or path} holds a {model_type!r} model, not a {expected.model_type!r} one: load it with its own "
+            "class, or convert it first (`vlm-hf convert --help` lists the converters)."
+        )
+
+
+def _pickle_weights_in(path, kwargs: dict) -> str | None:
+    """The pickle checkpoint that the folder or Hub repository `path` holds, if any (to explain a refused load)."""
+    from transformers.utils.hub import has_file  # only needed once a load has failed
+
+    subfolder = kwargs.get("subfolder") or ""
+    hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs and k not in ("subfolder", "force_download")}
+    for name in PICKLE_WEIGHTS_NAMES:
+        try:
+            if has_file(path, f"{subfolder}/{name}" if subfolder else name, **hub_kwargs):
+                return name
+        except OSError:  # the repository cannot be reached: transformers' own error says more
+            return None
+    return None
+
+
+def _pickle_refusal(path, pickle_file: str) -> str:
+    return (
+        f"{path} has no safetensors weights (model.safetensors or model.safetensors.index.json), only the pickle "
+        f"checkpoint {pickle_file}. vlm_hf refuses pickle weights by default because unpickling can run arbitrary "
+        "code. If you trust their source, pass allow_pickle_weights=True to read them with "
+        "torch.load(weights_only=True), then save_pretrained to convert them to safetensors once."
+    )
 
 
 class VlmHfPreTrainedModel(PreTrainedModel):
@@ -951,6 +1022,59 @@ class VlmHfPreTrainedModel(PreTrainedModel):
             # List every head in `auto_map`, not only this one, so that any Auto class loads the saved folder
             # through `trust_remote_code`.
             config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_pickle_weights: bool = False, **kwargs):
+        r"""
+        `PreTrainedModel.from_pretrained`, loading safely:
+
+        - weights are read from safetensors only (`model.safetensors` or a sharded index). A folder or Hub repository
+          with only pickle weights (`pytorch_model.bin`) raises an `OSError` unless `allow_pickle_weights=True`; with
+          it, they are read with `torch.load(weights_only=True)` (tensors and plain containers, no code);
+        - a `config.json`, or a `config` object, of another `model_type` raises a `ValueError`;
+        - weights whose shapes contradict the config raise a `ValueError` naming each parameter and both shapes
+          (unless `ignore_mismatched_sizes=True`, which initialises them anew);
+        - missing and unexpected keys are listed in transformers' load report (logged as a warning) and returned
+          with `output_loading_info=True`.
+        """
+        path = pretrained_model_name_or_path
+        _check_checkpoint_model_type(cls, path, kwargs)
+        if allow_pickle_weights:
+            if kwargs.get("weights_only") is False:
+                raise ValueError("allow_pickle_weights=True reads pickle weights with weights_only=True only.")
+            # transformers' `load_state_dict` reads `.bin` files with `torch.load(..., weights_only=True)` (after
+            # `check_torch_load_is_safe`); safetensors still win when a folder has both.
+            kwargs["weights_only"] = True
+        else:
+            if kwargs.get("use_safetensors") is False:
+                raise ValueError("use_safetensors=False asks for pickle weights: pass allow_pickle_weights=True too.")
+            if path is not None and os.path.isfile(path) and not str(path).endswith(".safetensors"):
+                raise OSError(_pickle_refusal(path, os.path.basename(path)))
+            kwargs["use_safetensors"] = True
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            # Mismatched sizes are let through here, to be raised below with their names.
+            model, loading_info = super().from_pretrained(
+                path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except OSError as error:
+            pickle_file = None if allow_pickle_weights or path is None else _pickle_weights_in(path, kwargs)
+            if pickle_file is not None:
+                raise OSError(_pickle_refusal(path, pickle_file)) from error
+            raise
+        mismatched = sorted(loading_info["mismatched_keys"])
+        if mismatched and not ignore_mismatched_sizes:
+            shapes = "; ".join(
+                f"{key}: {tuple(saved)} in the weights, {tuple(built)} from the config"
+                for key, saved, built in mismatched
+            )
+            raise ValueError(
+                f"The weights at {path} do not fit the sizes its config describes: {shapes}. Check config.json "
+                "(hidden_size, num_labels, vocab_size, ...), or pass ignore_mismatched_sizes=True to initialise "
+                "these weights anew."
+            )
+        return (model, loading_info) if wants_loading_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1567,11 +1691,11 @@ class VlmHfForPreTrainingOutput(ModelOutput):
     visual_predictions (`torch.FloatTensor` of shape `(num_masked_visual_tokens, visual_feature_dim)`):
         Regressed features of the masked visual tokens, when `visual_feature_mask` is given.
     region_logits (`torch.FloatTensor`):
-        Object-class scores of the region classification head (`num_region_classes` > 0): `(num_masked_visual_tokens,
-        num_region_classes)` at the masked visual tokens when `visual_feature_mask` is given, else
-        `(batch_size, num_visual_tokens, num_region_classes)`.
+        Object-class scores of the region classification head (`num_region_classes` > 0): `(num_scored_tokens,
+        num_region_classes)` at the scored tokens (`config.region_classification_tokens`: the masked ones when
+        `visual_feature_mask` is given, or every real one), else `(batch_size, num_visual_tokens, num_region_classes)`.
     mrc_loss (`torch.FloatTensor` of shape `()`):
-        Masked region classification loss, when `region_labels` are given.
+        Region classification loss, when `region_labels` are given.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1650,8 +1774,9 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             Visual tokens to mask; their original features are regressed (mean squared error).
         region_labels (`torch.FloatTensor` of shape `(batch_size, num_visual_tokens, num_region_classes)` or
         `torch.LongTensor` of shape `(batch_size, num_visual_tokens)`):
-            Object classes of the masked visual tokens for the region classification head: the detector's class
-            distribution (soft cross-entropy, UNITER's MRC-kl / VL-BERT's MVRC) or class ids.
+            Object classes of the visual tokens for the region classification head: the detector's class
+            distribution (soft cross-entropy, UNITER's MRC-kl / VL-BERT's MVRC) or class ids (-100: no label).
+            Only the tokens `config.region_classification_tokens` names are scored: the masked ones, or all.
         task_ids (`torch.LongTensor` of shape `(batch_size,)`):
             Task tokens (`config.num_task_tokens`); `labels` keep the text's shape, the task position is not scored.
         """
@@ -1707,7 +1832,9 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             if masked_visual.any():
                 targets = outputs.visual_features[masked_visual].detach()
                 mvf_loss = F.mse_loss(visual_predictions.float(), targets.float())
-        region_logits, mrc_loss = self._region_classification(visual_states, visual_feature_mask, region_labels)
+        region_logits, mrc_loss = self._region_classification(
+            visual_states, visual_feature_mask, outputs.visual_attention_mask, region_labels
+        )
 
         return VlmHfForPreTrainingOutput(
             loss=_sum_losses(mlm_loss, itm_loss, mvf_loss, mrc_loss),
@@ -1723,27 +1850,40 @@ class VlmHfForPreTraining(VlmHfPreTrainedModel):
             attentions=outputs.attentions,
         )
 
-    def _region_classification(self, visual_states, visual_feature_mask, region_labels):
-        """Region logits (at the masked tokens when a mask is given) and the cross-entropy against `region_labels`."""
+    def _region_classification(self, visual_states, visual_feature_mask, visual_attention_mask, region_labels):
+        """
+        Region logits at the tokens `config.region_classification_tokens` names (the masked ones, or every real one)
+        and their cross-entropy against `region_labels`.
+        """
         if self.mrc_head is None:
             if region_labels is not None:
                 raise ValueError("`region_labels` need a region classification head: set config.num_region_classes.")
             return None, None
-        if visual_feature_mask is None:
+        if self.config.region_classification_tokens == "all":
+            scored = torch.ones(visual_states.shape[:2], dtype=torch.bool, device=visual_states.device)
+            if visual_attention_mask is not None:
+                scored &= visual_attention_mask.bool()
+        elif visual_feature_mask is not None:
+            scored = visual_feature_mask.bool()
+        else:
             if region_labels is not None:
                 raise ValueError("`region_labels` score masked regions: pass `visual_feature_mask` too.")
             return self.mrc_head(visual_states), None
-        masked = visual_feature_mask.bool()
-        logits = self.mrc_head(visual_states[masked])
-        if region_labels is None or not masked.any():
+        logits = self.mrc_head(visual_states[scored])
+        if region_labels is None:
             return logits, None
         num_classes = self.config.num_region_classes
         if region_labels.is_floating_point():
-            _check_leading("region_labels", region_labels, (*masked.shape, num_classes), "(batch, tokens, classes)")
-            return logits, F.cross_entropy(logits.float(), region_labels[masked].float())
-        _check_leading("region_labels", region_labels, masked.shape, "(batch_size, num_visual_tokens)")
-        _check_index_range("region_labels", region_labels[masked], num_classes, "num_region_classes")
-        return logits, F.cross_entropy(logits.float(), region_labels[masked])
+            _check_leading("region_labels", region_labels, (*scored.shape, num_classes), "(batch, tokens, classes)")
+            targets = region_labels[scored].float()
+            return logits, F.cross_entropy(logits.float(), targets) if len(targets) else None
+        _check_leading("region_labels", region_labels, scored.shape, "(batch_size, num_visual_tokens)")
+        targets = region_labels[scored]
+        labelled = targets != -100  # tokens without a label (ViLBERT's [IMG], cells no annotation covers)
+        _check_index_range("region_labels", targets[labelled], num_classes, "num_region_classes, or -100")
+        if not labelled.any():
+            return logits, None
+        return logits, F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2311,6 +2451,349 @@ def contrastive_pair_loss(logits_per_text: torch.Tensor, image_index=None, label
     return (text_loss + image_loss) / 2
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Caption and answer generation: one Transformer under a sequence-to-sequence mask (Unified VLP, OSCAR)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# `token_type_ids` of the generation head, BERT's two segments, as a BERT tokenizer gives them for the text pair
+# `tokenizer(prompt, caption)`: 0 for the prompt `[CLS] prompt [SEP]`, 1 for the generated caption or answer.
+PROMPT_TOKEN_TYPE = 0
+CAPTION_TOKEN_TYPE = 1
+
+
+def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each text token's position among the real tokens of its row (padding gets 0): the same with left or right
+    padding, and the generated tokens continue from each row's own prompt length."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+def seq2seq_attention_mask(
+    key_valid: torch.Tensor, chunk_is_caption: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """
+    The additive (batch, 1, chunk, keys) mask of the tokens of one call (the chunk) over the cached tokens followed by
+    the chunk's own. `key_valid` (batch, keys) is False for padding; `chunk_is_caption` (batch, chunk) marks the
+    chunk's caption tokens. Every token sees the real cached tokens (images and prompts come before what is generated
+    from them) and the chunk's real visual and prompt tokens; a caption token also sees the chunk's caption tokens up
+    to itself, a visual or prompt token none. None when nothing is hidden (the fast SDPA path).
+    """
+    batch_size, chunk_length = chunk_is_caption.shape
+    past_length = key_valid.shape[1] - chunk_length
+    order = torch.arange(chunk_length, device=chunk_is_caption.device)
+    earlier_or_same = order[None, :] <= order[:, None]  # (query, key)
+    caption_query, caption_key = chunk_is_caption[:, :, None], chunk_is_caption[:, None, :]
+    chunk_visible = ~caption_key | (caption_query & earlier_or_same)
+    visible = torch.cat([chunk_visible.new_ones(batch_size, chunk_length, past_length), chunk_visible], dim=2)
+    visible = visible & key_valid[:, None, :].bool()
+    if bool(visible.all()):
+        return None
+    additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return additive.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def kept_states(states: torch.Tensor, mask: torch.Tensor | None, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """
+    The text states to score: all (`logits_to_keep=0`), the given positions, or each row's last `logits_to_keep`
+    real tokens. A right-padded prompt's last real token is before its padding: generation predicts the first new
+    token from there, as for the same prompt alone.
+    """
+    if not isinstance(logits_to_keep, int):
+        return states[:, logits_to_keep]
+    if mask is None or logits_to_keep == 0 or bool(mask[:, -1].all()):
+        return states[:, -logits_to_keep:]
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    last_real = (mask.to(positions.device).bool() * positions).topk(logits_to_keep, dim=1).indices.sort(dim=1).values
+    return states.gather(1, last_real.to(states.device)[..., None].expand(-1, -1, states.shape[-1]))
+
+
+def check_generation_support(config: VlmHfConfig) -> None:
+    """The generation head needs one joint Transformer whose text tokens do not depend on the image's embedding."""
+    if config.is_two_stream:
+        raise ValueError(
+            f"VlmHfForConditionalGeneration runs one joint Transformer: it needs fusion='single_stream', got "
+            f"fusion={config.fusion!r}."
+        )
+    if config.visual_embedding_type == "vlbert":
+        raise ValueError(
+            "VlmHfForConditionalGeneration does not support visual_embedding_type='vlbert': VL-BERT adds the image "
+            "feature to every text token and closes the sequence with [END], which generated tokens cannot follow."
+        )
+
+
+class VlmHfForConditionalGeneration(VlmHfPreTrainedModel, GenerationMixin):
+    """
+    Caption and answer generation with the single-stream Transformer, as Unified VLP and OSCAR: the visual tokens and
+    the prompt `[CLS] prompt [SEP]` (token type 0) attend to each other in both directions, and each generated token
+    (token type 1) attends to them and to the generated tokens before it. A language-model head, tied to the word
+    embeddings (the pretraining MLM head's parameters, `cls.predictions.*`), predicts the next token. The empty prompt
+    `[CLS] [SEP]` (`processor(images=image, text="")`) captions; a question as prompt generates a free-form answer;
+    generation ends with [SEP] (`config.eos_token_id`).
+
+    `generate` encodes the image and the prompt once, in the call that fills the cache; every new token is then one
+    step over the cache. The sequence is `[visual tokens; prompt; generated tokens]`, text positions count each row's
+    real tokens, so left- and right-padded prompts give the same result as each prompt alone.
+    """
+
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "vlm_hf.embeddings.word_embeddings.weight"}
+    # The Trainer passes `num_items_in_batch`, so that gradient accumulation averages the loss over all caption tokens.
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: VlmHfConfig):
+        check_generation_support(config)
+        super().__init__(config)
+        self.vlm_hf = VlmHfModel(config, add_pooling_layer=False)
+        self.cls = VlmHfPreTrainingHeads(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        visual_embeds: torch.FloatTensor | None = None,
+        visual_boxes: torch.FloatTensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        image_index: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            The text of this call: `[CLS] prompt [SEP]` followed, in training, by the caption and its [SEP]
+            (`tokenizer(prompts, captions)`); with a filled `cache`, only the new tokens.
+        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, or `(batch_size, past_text_length +
+        text_length)` with a cache):
+            1 for real text tokens, 0 for padding (left or right), over all the text so far.
+        token_type_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            0 for prompt tokens, 1 for caption (generated) tokens; decides the attention pattern. Default: 0 without a
+            cache (the whole text is the prompt), 1 with a filled cache (new tokens are generated ones).
+        position_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            Text positions. Default: counted over the real tokens of `attention_mask`.
+        pixel_values, pixel_mask, visual_embeds, visual_boxes, visual_attention_mask, image_index:
+            The image, as for [`VlmHfModel`], in the call that starts the cache (and in every call without one).
+            Later calls take no image: its visual tokens are in the cache (`pixel_mask` / `visual_attention_mask`
+            may be repeated, to mask the padded ones).
+        labels (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            The caption tokens to predict, -100 elsewhere (prompt, padding). Position `t` is predicted from the
+            states up to `t - 1` (the shift happens inside); the loss averages over the caption tokens.
+        cache (`Cache`):
+            Keys and values of the earlier calls (`past_key_values` is the older name); `use_cache=True` creates a
+            `DynamicCache` when none is given.
+        logits_to_keep (`int` or `torch.Tensor`):
+            Score only each row's last `logits_to_keep` real text tokens (0: every position; a right-padded row's
+            last tokens are those before its padding), or the given position indices.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        batch_size, text_length = self.vlm_hf.check_text_inputs(input_ids, None, token_type_ids, None)
+        if attention_mask is not None and (
+            attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] < text_length
+        ):
+            raise ValueError(
+                f"`attention_mask` must have shape ({batch_size}, text length so far >= {text_length}), got "
+                f"{tuple(attention_mask.shape)}."
+            )
+        use_cache = use_cache if use_cache is not None else cache is not None
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+
+        image = (pixel_values, pixel_mask, visual_embeds, visual_boxes, visual_attention_mask, image_index)
+        visual, visual_mask = self._visual_tokens(batch_size, past_length, *image)
+        if token_type_ids is None:
+            token_type_ids = torch.full_like(input_ids, CAPTION_TOKEN_TYPE if past_length else PROMPT_TOKEN_TYPE)
+        position_ids = self._text_positions(position_ids, attention_mask, past_length, text_length)
+        text = self.vlm_hf.embeddings(input_ids, token_type_ids, position_ids)
+        embeddings = text if visual is None else torch.cat([visual, text], dim=1)
+
+        num_keys = past_length + embeddings.shape[1]
+        key_valid = self._key_padding_mask(attention_mask, visual_mask, batch_size, num_keys, embeddings.device)
+        chunk_is_caption = token_type_ids == CAPTION_TOKEN_TYPE
+        if visual is not None:
+            chunk_is_caption = torch.cat([chunk_is_caption.new_zeros(visual.shape[:2]), chunk_is_caption], dim=1)
+        mask = seq2seq_attention_mask(key_valid, chunk_is_caption, embeddings.dtype)
+
+        sequence, hidden_states, attentions = self.vlm_hf.encoder(
+            embeddings, mask, output_attentions, output_hidden_states, cache=cache
+        )
+        text_mask = None if attention_mask is None else attention_mask[:, -text_length:]
+        logits = self.cls.predictions(kept_states(sequence[:, -text_length:], text_mask, logits_to_keep))
+        loss = None if labels is None else self._caption_loss(logits, labels, input_ids, num_items_in_batch)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=cache,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+
+    def _visual_tokens(
+        self, batch_size, past_length, pixel_values, pixel_mask, visual_embeds, visual_boxes, visual_mask, image_index
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The visual token embeddings when the image is encoded in this call (else None), and their padding mask."""
+        has_image = pixel_values is not None or visual_embeds is not None
+        if has_image and past_length:
+            raise ValueError(
+                "The image is already in `cache` (encoded by the call that filled it): pass only the new text tokens, "
+                "without `pixel_values` / `visual_embeds`."
+            )
+        if not has_image and not past_length:
+            raise ValueError(
+                "Without a filled `cache`, pass the image: `pixel_values` (num_images, 3, height, width) or "
+                "`visual_embeds`."
+            )
+        if has_image:
+            features, boxes, visual_mask = self.vlm_hf.get_visual_features(
+                pixel_values, visual_embeds, visual_boxes, visual_mask, pixel_mask
+            )
+            features, boxes, visual_mask = pair_with_texts(batch_size, image_index, features, boxes, visual_mask)
+            return self.vlm_hf.embed_visual(features, boxes), visual_mask
+        # A later call: the visual tokens are cached; only their padding is needed, from the same masks as before.
+        if pixel_mask is not None:
+            covered = self.vlm_hf.visual_pool(pixel_mask[:, None].float()).flatten(1) > 0
+            visual_mask = covered if visual_mask is None else covered & visual_mask.to(covered.device).bool()
+        if visual_mask is None:
+            return None, None
+        return None, pair_with_texts(batch_size, image_index, visual_mask)[0]
+
+    def _text_positions(self, position_ids, attention_mask, past_length: int, text_length: int) -> torch.Tensor:
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = text_position_ids(attention_mask)[:, -text_length:]
+            elif not past_length:
+                position_ids = torch.arange(text_length, device=self.device)[None]
+            else:
+                raise ValueError(
+                    "With a filled `cache`, pass `attention_mask` (over all the text so far) or `position_ids`: the "
+                    "text positions of the new tokens."
+                )
+        if position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"Text position {int(position_ids.max())} is beyond max_position_embeddings "
+                f"({self.config.max_position_embeddings}): shorten the prompt or lower `max_new_tokens`."
+            )
+        return position_ids
+
+    @staticmethod
+    def _key_padding_mask(attention_mask, visual_mask, batch_size: int, num_keys: int, device) -> torch.Tensor:
+        """
+        (batch, num_keys) True for the real tokens among `[visual tokens; text so far]`. How many of the keys are
+        visual tokens comes from their mask, or from the keys that `attention_mask` (the text so far) leaves over.
+        """
+        if attention_mask is None and visual_mask is None:
+            return torch.ones(batch_size, num_keys, dtype=torch.bool, device=device)
+        num_visual = visual_mask.shape[1] if visual_mask is not None else num_keys - attention_mask.shape[1]
+        num_text = attention_mask.shape[1] if attention_mask is not None else num_keys - num_visual
+        if num_visual < 0 or num_visual + num_text != num_keys:
+            raise ValueError(
+                f"`attention_mask` covers {num_text} text tokens, but the cache and this call hold "
+                f"{num_keys - max(num_visual, 0)} after the visual tokens: pass the mask of all the text so far."
+            )
+        if visual_mask is None:
+            visual_mask = torch.ones(batch_size, num_visual, dtype=torch.bool, device=device)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, num_text, dtype=torch.bool, device=device)
+        return torch.cat([visual_mask.to(device).bool(), attention_mask.to(device).bool()], dim=1)
+
+    def _caption_loss(self, logits, labels, input_ids, num_items_in_batch) -> torch.Tensor:
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}."
+            )
+        if logits.shape[1] != labels.shape[1]:
+            raise ValueError("`labels` need the logits of every position: leave `logits_to_keep` at 0.")
+        scored = labels != -100
+        _check_index_range("labels", labels[scored], self.config.vocab_size, "the vocabulary size, or -100")
+        return self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+
+    # -- generation ----------------------------------------------------------------------------------------------------
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """
+        [`GenerationMixin.generate`] with the prompt marked as such: `token_type_ids` default to 0 over `input_ids`
+        (the generated tokens get 1). Without `input_ids` the prompt is the empty one, `[CLS] [SEP]`
+        (`bos_token_id`, `eos_token_id`), which captions. Several prompts about one image (`image_index`) each get
+        their own copy of the image.
+        """
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None:
+            input_ids = self._empty_prompts(generation_config or self.generation_config, kwargs)
+        if kwargs.get("token_type_ids") is None:
+            kwargs["token_type_ids"] = torch.full_like(input_ids, PROMPT_TOKEN_TYPE)
+        if kwargs.get("image_index") is not None:
+            # Beam search and several samples repeat every input per row: each row needs its own image.
+            image_index = kwargs.pop("image_index")
+            for name in ("pixel_values", "pixel_mask", "visual_embeds", "visual_boxes", "visual_attention_mask"):
+                if kwargs.get(name) is not None:
+                    kwargs[name] = pair_with_texts(input_ids.shape[0], image_index, kwargs[name])[0]
+        return super().generate(input_ids, generation_config, **kwargs)
+
+    def _empty_prompts(self, generation_config, kwargs) -> torch.Tensor:
+        """`[CLS] [SEP]` for every image (or `image_index` entry)."""
+        start = kwargs.get("bos_token_id", generation_config.bos_token_id)
+        end = kwargs.get("eos_token_id", generation_config.eos_token_id)
+        end = end[0] if isinstance(end, (list, tuple)) else end
+        if start is None or end is None:
+            raise ValueError(
+                "Pass `input_ids` (the prompt, e.g. `processor(images=image, text='')` for a caption), or set "
+                "config.bos_token_id / eos_token_id to the tokenizer's [CLS] / [SEP] ids."
+            )
+        rows = next(
+            (kwargs[name] for name in ("image_index", "pixel_values", "visual_embeds") if kwargs.get(name) is not None),
+            None,
+        )
+        batch_size = 1 if rows is None else rows.shape[0]
+        return torch.tensor([[start, end]], device=self.device).expand(batch_size, 2)
+
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, pixel_values=None, pixel_mask=None, visual_embeds=None, visual_boxes=None, **kwargs
+    ):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+        # The call that starts the cache (every call, without one) encodes the image; later calls find its visual
+        # tokens in the cache and only need to know which of them are padding.
+        if cache is None or cache.get_seq_length() == 0:
+            model_inputs.update(pixel_values=pixel_values, visual_embeds=visual_embeds, visual_boxes=visual_boxes)
+        model_inputs["pixel_mask"] = pixel_mask
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+        )
+        # The new tokens are generated ones (the default repeats the last token type, the prompt's)...
+        if (token_type_ids := model_kwargs.get("token_type_ids")) is not None:
+            token_type_ids = token_type_ids.clone()
+            token_type_ids[:, -num_new_tokens:] = CAPTION_TOKEN_TYPE
+            model_kwargs["token_type_ids"] = token_type_ids
+        # ... and their positions follow each row's real tokens (the default continues from the last position, a
+        # padding position after a right-padded prompt).
+        if (attention_mask := model_kwargs.get("attention_mask")) is not None and "position_ids" in model_kwargs:
+            model_kwargs["position_ids"] = text_position_ids(attention_mask)
+        return model_kwargs
+
+
 __all__ = [
     "VlmHfPreTrainedModel",
     "VlmHfModel",
@@ -2318,4 +2801,5 @@ __all__ = [
     "VlmHfForQuestionAnswering",
     "VlmHfForVisualReasoning",
     "VlmHfForImageTextRetrieval",
+    "VlmHfForConditionalGeneration",
 ]

@@ -9,17 +9,34 @@ from datasets.distributed import split_dataset_by_node
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from .configuration_vlm_hf import VlmHfConfig
-from .data import PretrainingCollator, RetrievalCollator, VqaCollator, answer_vocabulary, generate_synthetic_dataset
+from .data import (
+    CaptioningCollator,
+    PretrainingCollator,
+    RegionLabeller,
+    RetrievalCollator,
+    VqaCollator,
+    answer_vocabulary,
+    generate_synthetic_dataset,
+)
 from .data.sources import DataSourceArguments, arrange_rows, check_data_arguments, load_data
 from .data.streaming import ProcessPart
 from .data.vqa_answers import answer_vocabulary_from
 from .image_processing_vlm_hf import VlmHfImageProcessor
 from .model_card import TrainingSummary, write_model_card
-from .modeling_vlm_hf import VlmHfForImageTextRetrieval, VlmHfForPreTraining, VlmHfForQuestionAnswering
+from .modeling_vlm_hf import (
+    VlmHfForConditionalGeneration,
+    VlmHfForImageTextRetrieval,
+    VlmHfForPreTraining,
+    VlmHfForQuestionAnswering,
+)
 from .processing_vlm_hf import VlmHfProcessor
 from .tokenization import train_wordpiece_tokenizer
 
-TASK_MODELS = {"vqa": VlmHfForQuestionAnswering, "retrieval": VlmHfForImageTextRetrieval}
+TASK_MODELS = {
+    "vqa": VlmHfForQuestionAnswering,
+    "retrieval": VlmHfForImageTextRetrieval,
+    "captioning": VlmHfForConditionalGeneration,
+}
 TOKENIZER_SAMPLE = 20_000  # rows of a stream that a new model's tokenizer learns from
 
 
@@ -49,6 +66,14 @@ class ModelArguments:
         default=0.02, metadata={"help": "std of a new model's Transformer weights (larger learns faster when small)"}
     )
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision backbone fixed"})
+    region_classification: str = field(
+        default="none",
+        metadata={
+            "help": "pretraining: classify the visual tokens into the object classes of the data's `objects` boxes "
+            "(the masked tokens, or all of them: this teaches a new backbone what its grid cells show)",
+            "choices": ["none", "masked", "all"],
+        },
+    )
     vocab_size: int = field(default=1000, metadata={"help": "size of the WordPiece vocabulary trained for a new model"})
     hidden_dropout_prob: float = field(default=0.1)
     attention_probs_dropout_prob: float = field(default=0.1)
@@ -163,13 +188,73 @@ def train(
     return trainer
 
 
+def object_names(dataset) -> list[str]:
+    """The object classes named in the data's `objects` column (the start of a stream), sorted."""
+    rows = dataset.select_columns(["objects"])
+    if isinstance(rows, datasets.IterableDataset):
+        rows = rows.take(TOKENIZER_SAMPLE)
+    return sorted({name for row in rows for name in row["objects"]["name"]})
+
+
+def region_head_options(model_args: ModelArguments, dataset) -> dict:
+    """Config of the region classification head that `--region_classification` asks for: a new model's classes are
+    background plus the objects the data names; a saved model keeps its own."""
+    if model_args.region_classification == "none":
+        return {}
+    if "objects" not in (dataset.column_names or dataset.features or {}):
+        raise ValueError(
+            f"--region_classification {model_args.region_classification} needs an `objects` column (names and boxes) "
+            "in the data, as the synthetic scenes have."
+        )
+    options = {"region_classification_tokens": model_args.region_classification}
+    if model_args.model_name_or_path:
+        return options
+    names = ["background", *object_names(dataset)]
+    return {**options, "num_region_classes": len(names), "region_class_names": names}
+
+
+def region_labeller(config: VlmHfConfig, dataset, processor) -> RegionLabeller | None:
+    """Region labels for the pretraining batches when the model has named region classes and the data has boxes."""
+    if not config.region_class_names or "objects" not in (dataset.column_names or dataset.features or {}):
+        return None
+    return RegionLabeller(
+        config.region_class_names, config.visual_grid, config.num_visual_tokens, processor.image_processor
+    )
+
+
 def pretrain(argv: list[str] | None = None) -> Trainer:
     data_args, model_args, training_args = parse_arguments(argv, prog="vlm-hf pretrain", task="pretrain")
     dataset = load_dataset(data_args, training_args.seed, task="pretrain")
     processor = build_processor(model_args, data_args, dataset)
-    model = build_model(VlmHfForPreTraining, model_args, processor)
-    collator = PretrainingCollator(processor, model.config.num_visual_tokens, seed=training_args.seed)
+    model = build_model(VlmHfForPreTraining, model_args, processor, **region_head_options(model_args, dataset))
+    collator = PretrainingCollator(
+        processor,
+        model.config.num_visual_tokens,
+        seed=training_args.seed,
+        region_labeller=region_labeller(model.config, dataset, processor),
+    )
     return train(model, processor, for_this_process(dataset, data_args, training_args), collator, training_args)
+
+
+def special_token_ids(processor) -> dict:
+    """The config's [CLS] / [SEP] / [PAD] ids from the tokenizer (a pretrained folder's config may lack them), so that
+    `generate` starts the empty prompt with [CLS] and stops at [SEP]."""
+    tokenizer = processor.tokenizer
+    return {
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def build_captioning_model(model_args: ModelArguments, processor) -> VlmHfForConditionalGeneration:
+    token_ids = special_token_ids(processor)
+    model = build_model(VlmHfForConditionalGeneration, model_args, processor, **token_ids)
+    # From a folder without generation_config.json, transformers reads the generation config from its config.json
+    # file: without these overrides, and with the `use_cache: false` the Trainer wrote there (generation would then
+    # recompute the whole sequence at every step). The saved folder gets this generation config.
+    model.generation_config.update(**token_ids, use_cache=True)
+    return model
 
 
 def finetune(task: str, argv: list[str] | None = None) -> Trainer:
@@ -194,6 +279,9 @@ def finetune(task: str, argv: list[str] | None = None) -> Trainer:
             label2id=label2id,
         )
         collator = VqaCollator(processor, label2id)
+    elif task == "captioning":
+        model = build_captioning_model(model_args, processor)
+        collator = CaptioningCollator(processor, seed=training_args.seed)
     else:
         model = build_model(VlmHfForImageTextRetrieval, model_args, processor)
         collator = RetrievalCollator(processor, seed=training_args.seed)

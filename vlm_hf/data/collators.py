@@ -60,11 +60,73 @@ def mask_tokens(input_ids, special_tokens_mask, tokenizer, probability: float, g
     return masked, labels
 
 
+def boxes_in_crop(boxes: torch.Tensor, width: int, height: int, image_processor) -> torch.Tensor:
+    """Boxes (x0, y0, x1, y1) given as fractions of a `width` x `height` image, as fractions of what the image processor
+    makes of it: the shortest edge resized, then (with `do_center_crop`) the center crop."""
+    if image_processor.do_pad:
+        raise ValueError(
+            "region labels from object boxes need the image processor's center-crop layout; it pads (do_pad=True)."
+        )
+    if not image_processor.do_center_crop:
+        return boxes  # a resize keeps fractions as they are
+    scale = image_processor.size["shortest_edge"] / min(width, height)
+    crop_width, crop_height = image_processor.crop_size["width"], image_processor.crop_size["height"]
+    offset_x, offset_y = (width * scale - crop_width) / 2, (height * scale - crop_height) / 2
+    pixels = boxes * torch.tensor([width, height, width, height]) * scale
+    return (pixels - torch.tensor([offset_x, offset_y, offset_x, offset_y])) / torch.tensor(
+        [crop_width, crop_height, crop_width, crop_height]
+    )
+
+
+def grid_region_labels(boxes: torch.Tensor, class_ids: torch.Tensor, grid: int) -> torch.Tensor:
+    """
+    (grid * grid,) class ids of the cells of a `grid` x `grid` visual grid, row by row: the class of the smallest box
+    that covers the cell's centre (the object in front, usually), 0 (background) where none does. Boxes are
+    (x0, y0, x1, y1) fractions of the processed image.
+    """
+    if len(boxes) == 0:
+        return torch.zeros(grid * grid, dtype=torch.long)
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    cx, cy = cx.reshape(-1, 1), cy.reshape(-1, 1)  # (cells, 1) against (boxes,)
+    covers = (boxes[:, 0] <= cx) & (cx <= boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy <= boxes[:, 3])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    labels = class_ids[torch.where(covers, area, torch.inf).argmin(dim=1)]
+    return torch.where(covers.any(dim=1), labels, 0)
+
+
+class RegionLabeller:
+    """Per-visual-token class ids from a row's `objects` (`name`s and `box`es as fractions of the image), for the
+    region classification head: grid cells get the class of the object on their centre; tokens before the grid
+    (ViLBERT's [IMG], VL-BERT's whole image) get -100."""
+
+    def __init__(self, class_names: list[str], visual_grid: int, num_visual_tokens: int, image_processor):
+        self.class2id = {name: i for i, name in enumerate(class_names)}
+        self.grid, self.image_processor = visual_grid, image_processor
+        self.leading_tokens = num_visual_tokens - visual_grid**2
+
+    def __call__(self, rows: list[dict]) -> torch.Tensor:
+        return torch.stack([self.row_labels(row) for row in rows])
+
+    def row_labels(self, row: dict) -> torch.Tensor:
+        objects = row["objects"]
+        unknown = sorted(set(objects["name"]) - set(self.class2id))
+        if unknown:
+            raise ValueError(f"objects named {unknown} are not region classes of this model ({list(self.class2id)}).")
+        boxes = torch.tensor(objects["box"], dtype=torch.float32).reshape(-1, 4)
+        width, height = row["image"].size
+        boxes = boxes_in_crop(boxes, width, height, self.image_processor)
+        class_ids = torch.tensor([self.class2id[name] for name in objects["name"]], dtype=torch.long)
+        cells = grid_region_labels(boxes, class_ids, self.grid)
+        return torch.cat([torch.full((self.leading_tokens,), -100), cells])
+
+
 class PretrainingCollator:
     """
-    Masked LM, image-text matching and masked visual-feature regression. Half the captions (`itm_negative_rate`)
-    belong to another image; masked LM and masked visual features apply to matching pairs only, since a caption of
-    another image says nothing reliable about this one.
+    Masked LM, image-text matching and masked visual-feature regression, and region classification when a
+    `region_labeller` is given (rows with `objects`). Half the captions (`itm_negative_rate`) belong to another
+    image; masked LM and masked visual features apply to matching pairs only, since a caption of another image says
+    nothing reliable about this one.
     """
 
     def __init__(
@@ -75,6 +137,7 @@ class PretrainingCollator:
         itm_negative_rate: float = 0.5,
         mvf_probability: float = 0.15,
         seed: int = 0,
+        region_labeller: RegionLabeller | None = None,
     ):
         self.processor, self.num_visual_tokens = processor, num_visual_tokens
         self.mlm_probability, self.itm_negative_rate, self.mvf_probability = (
@@ -83,6 +146,7 @@ class PretrainingCollator:
             mvf_probability,
         )
         self.generator = torch.Generator().manual_seed(seed)
+        self.region_labeller = region_labeller
 
     def __call__(self, rows: list[dict]) -> dict:
         texts, matched = pick_captions(rows, self.itm_negative_rate, self.generator)
@@ -97,6 +161,8 @@ class PretrainingCollator:
         visual_mask = torch.rand(len(rows), self.num_visual_tokens, generator=self.generator) < self.mvf_probability
         visual_mask[non_matching] = False
         batch["itm_labels"], batch["visual_feature_mask"] = itm_labels, visual_mask
+        if self.region_labeller is not None:
+            batch["region_labels"] = self.region_labeller(rows)
         return batch
 
 
@@ -119,4 +185,29 @@ class RetrievalCollator:
         batch = dict(self.processor(images=[row["image"] for row in rows], text=texts))
         batch["labels"] = torch.tensor(itm_labels)
         batch["return_loss"] = True
+        return batch
+
+
+class CaptioningCollator:
+    """
+    Teacher forcing for `VlmHfForConditionalGeneration`: each image with one of its own captions, drawn at random,
+    after the empty prompt. The tokenizer's text pair gives `[CLS] [SEP] caption [SEP]` with token type 0 on the
+    prompt and 1 on the caption; `labels` are the caption tokens and their [SEP], -100 on the prompt and padding (the
+    model shifts them).
+    """
+
+    def __init__(self, processor, seed: int = 0):
+        self.processor = processor
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        captions, _ = pick_captions(rows, 0.0, self.generator)
+        # The processor takes no text pairs: it makes the images, its tokenizer the pairs (with the processor's
+        # padding and truncation).
+        batch = dict(self.processor(images=[row["image"] for row in rows]))
+        prompts = [""] * len(rows)
+        text = self.processor.tokenizer(prompts, captions, padding=True, truncation=True, return_tensors="pt")
+        batch.update(text)
+        prompt_or_padding = (text["token_type_ids"] == 0) | (text["attention_mask"] == 0)
+        batch["labels"] = text["input_ids"].masked_fill(prompt_or_padding, -100)
         return batch

@@ -17,7 +17,7 @@ from .streaming import load_image_text_pairs
 from .vqa_answers import has_answers
 
 DATASETS = ("synthetic", "coco_captions", "vqa_v2", "karpathy", "imagefolder", "parquet", "webdataset")
-TASKS = ("pretrain", "vqa", "retrieval")
+TASKS = ("pretrain", "vqa", "retrieval", "captioning")
 # What each dataset needs, and every file argument it may use.
 REQUIRED = {
     "coco_captions": ("captions_file", "image_dir"),

@@ -58,6 +58,11 @@ def sample_objects(rng: np.random.Generator, max_objects: int) -> list[SceneObje
     return objects
 
 
+def object_box(obj: SceneObject) -> list[float]:
+    radius = SIZES[obj.size]
+    return [obj.x - radius, obj.y - radius, obj.x + radius, obj.y + radius]
+
+
 def draw_scene(objects: list[SceneObject], rng: np.random.Generator, image_size: int) -> Image.Image:
     tint = rng.integers(110, 150, 3)
     image = Image.new("RGB", (image_size, image_size), tuple(int(v) for v in tint))
@@ -173,6 +178,17 @@ FEATURES = datasets.Features(
         "answer_scores": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
     }
 )
+# The scenes add the objects they drew: names ("red circle") and boxes (x0, y0, x1, y1) as fractions of the image side,
+# the targets of region classification.
+SCENE_FEATURES = datasets.Features(
+    {
+        **FEATURES,
+        "objects": {
+            "name": datasets.Sequence(datasets.Value("string")),
+            "box": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
+        },
+    }
+)
 
 
 def generate_synthetic_dataset(
@@ -184,7 +200,8 @@ def generate_synthetic_dataset(
 ) -> datasets.Dataset:
     """
     One row per scene: `image`, `captions`, and parallel lists `questions`, `question_types`, `answers` (candidate
-    answers per question) and `answer_scores` (their VQA soft scores; 1.0 here, as every annotator would agree).
+    answers per question) and `answer_scores` (their VQA soft scores; 1.0 here, as every annotator would agree), and
+    the drawn `objects` (`name`s and `box`es).
     The same seed gives the same data everywhere.
     """
     if not 1 <= max_objects <= 9:
@@ -204,6 +221,7 @@ def generate_synthetic_dataset(
                 "question_types": [t for _, _, t in questions],
                 "answers": [[a] for _, a, _ in questions],
                 "answer_scores": [[1.0] for _ in questions],
+                "objects": {"name": [o.name for o in objects], "box": [object_box(o) for o in objects]},
             }
 
-    return datasets.Dataset.from_list(list(rows()), features=FEATURES)
+    return datasets.Dataset.from_list(list(rows()), features=SCENE_FEATURES)
