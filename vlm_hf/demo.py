@@ -1,5 +1,5 @@
 """The main job (`make demo`): generate synthetic scenes -> pretrain (masked LM + image-text matching + masked visual
-features) -> fine-tune VQA -> evaluate on held-out scenes against a question-only baseline -> reload the saved folder
+features + region classification of every grid cell) -> fine-tune VQA -> evaluate on held-out scenes against a question-only baseline -> reload the saved folder
 with the Auto classes in a new process -> answer questions about new scenes, drawn into a picture."""
 
 import argparse
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (each with all its questions)")
     parser.add_argument("--pretrain-steps", type=int, default=800)
-    parser.add_argument("--finetune-steps", type=int, default=1500)
+    parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--vision-feature-layer", default="layer2", help="ResNet-18 stage that gives the grid")
     parser.add_argument(
