@@ -1,6 +1,7 @@
 """The main job (`make demo`): generate synthetic scenes -> pretrain (masked LM + image-text matching + masked visual
-features + region classification of every grid cell) -> fine-tune VQA -> evaluate on held-out scenes against a question-only baseline -> reload the saved folder
-with the Auto classes in a new process -> answer questions about new scenes, drawn into a picture."""
+features + region classification of every grid cell) -> fine-tune VQA -> evaluate on held-out scenes against a
+question-only baseline -> reload the saved folder with the Auto classes in a new process -> answer questions about new
+scenes, drawn into a picture."""
 
 import argparse
 import json
