@@ -233,6 +233,8 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path):
             "2",
             "--finetune-steps",
             "2",
+            "--caption-steps",
+            "2",
             "--batch-size",
             "8",
             "--new-scenes",
@@ -242,6 +244,7 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path):
     assert status == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["model"]["per_type"]) <= {"colour", "shape", "count", "exist", "position"}
+    assert results["captioning"]["num_images"] == 8 and 0 <= results["captioning"]["CIDEr-D"]
     card = ModelCard.load(tmp_path / "model" / "README.md")
     overall = [r for r in card.data.eval_results if r.metric_config is None]
     assert [r.metric_value for r in overall] == [round(results["model"]["accuracy"], 4)]

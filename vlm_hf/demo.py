@@ -1,7 +1,7 @@
 """The main job (`make demo`): generate synthetic scenes -> pretrain (masked LM + image-text matching + masked visual
 features + region classification of every grid cell) -> fine-tune VQA -> evaluate on held-out scenes against a
-question-only baseline -> reload the saved folder with the Auto classes in a new process -> answer questions about new
-scenes, drawn into a picture."""
+question-only baseline -> fine-tune captioning and score the held-out scenes' captions (CIDEr-D) -> reload the saved
+folder with the Auto classes in a new process -> answer questions about new scenes, drawn into a picture."""
 
 import argparse
 import json
@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+from .demo_captions import CAPTION_LEARNING_RATE, CAPTION_STEPS, caption_stage, print_captions
 
 EVAL_SEED = 1234  # held-out scenes: a different seed from the training scenes
 NEW_SCENES_SEED = 4321
@@ -39,7 +41,7 @@ RELOAD_SCRIPT = textwrap.dedent(
 
 
 def stage(number: int, text: str) -> None:
-    print(f"\n[{number}/6] {text}", flush=True)
+    print(f"\n[{number}/7] {text}", flush=True)
 
 
 def trainer_flags(args, output_dir: Path, steps: int, learning_rate: float) -> list[str]:
@@ -164,9 +166,16 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=800)
     parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--caption-steps", type=int, default=CAPTION_STEPS, help="caption fine-tuning steps")
     parser.add_argument("--vision-feature-layer", default="layer2", help="ResNet-18 stage that gives the grid")
     parser.add_argument(
         "--visual-grid", type=int, default=3, help="visual tokens per side (3: one per cell of the scenes' layout)"
+    )
+    parser.add_argument(
+        "--freeze-vision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the backbone that region classification trained fixed while fine-tuning VQA",
     )
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=3)
@@ -223,6 +232,8 @@ def main(argv=None) -> int:
             *trainer_flags(args, model_dir, args.finetune_steps, args.learning_rate),
             "--model_name_or_path",
             str(pretrained),
+            "--freeze_vision",
+            str(args.freeze_vision),
         ],
     )
     training_seconds = time.time() - training_start
@@ -233,11 +244,27 @@ def main(argv=None) -> int:
     result = evaluate_vqa(model, processor, held_out)
     baseline = question_only_baseline(train_scenes, held_out)
     print_table(result, baseline, training_seconds)
-    (args.output_dir / "results.json").write_text(json.dumps({"model": result, "question_only": baseline}, indent=2))
     update_model_card(model_dir, eval_results=card_results(result))
 
     stage(
         5,
+        f"Fine-tuning caption generation for {args.caption_steps} steps from the pretrained model, then captioning "
+        "the held-out scenes.",
+    )
+    caption_dir = args.output_dir / "captioning"
+    captions = caption_stage(
+        pretrained,
+        caption_dir,
+        held_out,
+        args.caption_steps,
+        trainer_flags(args, caption_dir, args.caption_steps, CAPTION_LEARNING_RATE),
+    )
+    print_captions(captions)
+    results = {"model": result, "question_only": baseline, "captioning": captions}
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+    stage(
+        6,
         "Reloading the saved folder in new processes with AutoProcessor / AutoModelForVisualQuestionAnswering "
         "(with vlm_hf installed, and with trust_remote_code only), on new scenes.",
     )
@@ -251,7 +278,7 @@ def main(argv=None) -> int:
     same = answers["package"]["answers"] == answers["remote"]["answers"]
     print(f"  both give the same answers: {same}")
 
-    stage(6, "Answers about the new scenes:")
+    stage(7, "Answers about the new scenes:")
     predicted = iter(answers["package"]["answers"])
     for index, row in enumerate(rows):
         for question, truth in zip(row["questions"], row["answers"], strict=True):
