@@ -93,6 +93,10 @@ def new_model_flags(args) -> list[str]:
         str(args.hidden_size),
         "--num_hidden_layers",
         str(args.num_layers),
+        "--num_attention_heads",
+        str(args.num_heads),
+        "--visual_embedding_type",
+        args.visual_embedding_type,
         "--initializer_range",
         str(args.initializer_range),
         "--hidden_dropout_prob",
@@ -179,6 +183,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=3)
+    parser.add_argument("--num-heads", type=int, default=8)
+    parser.add_argument(
+        "--visual-embedding-type",
+        default="uniter",
+        choices=["default", "uniter"],
+        help="uniter: grid features and cell boxes each normalised before they are added, so the cell's place "
+        "weighs as much as what it shows",
+    )
     parser.add_argument(
         "--initializer-range",
         type=float,

@@ -37,6 +37,7 @@ TASK_MODELS = {
     "retrieval": VlmHfForImageTextRetrieval,
     "captioning": VlmHfForConditionalGeneration,
 }
+UNITER_LOCATION_DIM = 7  # UNITER's box features: x1, y1, x2, y2, w, h, w*h
 TOKENIZER_SAMPLE = 20_000  # rows of a stream that a new model's tokenizer learns from
 
 
@@ -58,6 +59,14 @@ class ModelArguments:
     vision_backbone: str = field(default="resnet18")
     hidden_size: int = field(default=256)
     num_hidden_layers: int = field(default=4)
+    num_attention_heads: int | None = field(default=None, metadata={"help": "default: hidden_size // 64"})
+    visual_embedding_type: str = field(
+        default="default",
+        metadata={
+            "help": "how visual tokens are embedded (`uniter`: feature and box each normalised before they are added)",
+            "choices": ["default", "uniter"],
+        },
+    )
     vision_feature_layer: str | None = field(
         default=None, metadata={"help": "ResNet stage that gives the grid (layer1..layer4; default: the last)"}
     )
@@ -139,6 +148,12 @@ def build_processor(model_args: ModelArguments, data_args: DataArguments, datase
     return VlmHfProcessor(image_processor, tokenizer)
 
 
+def visual_embedding_options(kind: str) -> dict:
+    if kind == "uniter":
+        return {"visual_embedding_type": kind, "visual_location_dim": UNITER_LOCATION_DIM}
+    return {"visual_embedding_type": kind}
+
+
 def build_model(model_class, model_args: ModelArguments, processor, **config_overrides):
     training_options = {
         "freeze_vision": model_args.freeze_vision,
@@ -152,6 +167,8 @@ def build_model(model_class, model_args: ModelArguments, processor, **config_ove
         vision_backbone=model_args.vision_backbone,
         hidden_size=model_args.hidden_size,
         num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        **visual_embedding_options(model_args.visual_embedding_type),
         vision_feature_layer=model_args.vision_feature_layer,
         visual_grid=model_args.visual_grid,
         initializer_range=model_args.initializer_range,
