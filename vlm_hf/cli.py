@@ -50,11 +50,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from .data import generate_synthetic_dataset
     from .data.sources import DataSourceArguments, arrange_rows, check_data_arguments, first_rows, load_data
     from .evaluation import evaluate_captioning, evaluate_retrieval, evaluate_vqa, require_pycocoevalcap
-    from .modeling_vlm_hf import (
-        VlmHfForConditionalGeneration,
-        VlmHfForImageTextRetrieval,
-        VlmHfForQuestionAnswering,
-    )
+    from .training import TASK_MODELS
 
     # The data arguments of the training commands, checked before the model is read.
     source = DataSourceArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataSourceArguments)})
@@ -67,11 +63,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         except ImportError as error:
             print(f"vlm-hf evaluate: {error}", file=sys.stderr)
             return 1
-    model_class = {
-        "vqa": VlmHfForQuestionAnswering,
-        "retrieval": VlmHfForImageTextRetrieval,
-        "captioning": VlmHfForConditionalGeneration,
-    }[args.task]
+    model_class = TASK_MODELS[args.task]
     model = model_class.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     if source.dataset == "synthetic":

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 import torch
 
 from .data.collators import pick_captions
+from .tokenization import special_token_ids
 
 
 def batches(dataset, batch_size: int):
@@ -248,9 +249,7 @@ def evaluate_captioning(
     if len(captioned) < len(references):
         dataset, references = dataset.select(captioned), [references[i] for i in captioned]
     tokenizer = processor.tokenizer
-    special = dict(
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    special = special_token_ids(tokenizer)
     generated = []
     for rows in batches(dataset, batch_size):
         inputs = processor(images=[r["image"] for r in rows], text=[""] * len(rows)).to(model.device)

@@ -1270,10 +1270,14 @@ class VlmHfModel(VlmHfPreTrainedModel):
             raise ValueError(
                 f"`pixel_mask` must have shape {expected} like `pixel_values`, got {tuple(pixel_mask.shape)}."
             )
+        return self.covered_cells(pixel_mask, visual_attention_mask).long()
+
+    def covered_cells(self, pixel_mask, visual_attention_mask=None) -> torch.Tensor:
+        """(num_images, grid * grid) True for the grid cells over some real pixel (and not masked already)."""
         covered = self.visual_pool(pixel_mask[:, None].float()).flatten(1) > 0
         if visual_attention_mask is not None:
             covered &= visual_attention_mask.to(covered.device).bool()
-        return covered.long()
+        return covered
 
     def _check_visual_embeds(self, visual_embeds: torch.Tensor) -> torch.Tensor:
         expected = f"(num_images, num_regions, {self.config.visual_feature_dim})"
@@ -2672,8 +2676,7 @@ class VlmHfForConditionalGeneration(VlmHfPreTrainedModel, GenerationMixin):
             return self.vlm_hf.embed_visual(features, boxes), visual_mask
         # A later call: the visual tokens are cached; only their padding is needed, from the same masks as before.
         if pixel_mask is not None:
-            covered = self.vlm_hf.visual_pool(pixel_mask[:, None].float()).flatten(1) > 0
-            visual_mask = covered if visual_mask is None else covered & visual_mask.to(covered.device).bool()
+            visual_mask = self.vlm_hf.covered_cells(pixel_mask, visual_mask)
         if visual_mask is None:
             return None, None
         return None, pair_with_texts(batch_size, image_index, visual_mask)[0]

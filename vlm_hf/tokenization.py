@@ -10,6 +10,15 @@ from transformers import BertTokenizer
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def special_token_ids(tokenizer) -> dict:
+    """The generation ids of a BERT tokenizer: [CLS] starts the empty prompt, [SEP] ends the text, [PAD] pads."""
+    return {
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def read_lines(paths: Iterable[str | Path]) -> Iterator[str]:
     """The non-empty lines of text files, read lazily."""
     for path in paths:

@@ -30,7 +30,7 @@ from .modeling_vlm_hf import (
     VlmHfForQuestionAnswering,
 )
 from .processing_vlm_hf import VlmHfProcessor
-from .tokenization import train_wordpiece_tokenizer
+from .tokenization import special_token_ids, train_wordpiece_tokenizer
 
 TASK_MODELS = {
     "vqa": VlmHfForQuestionAnswering,
@@ -205,6 +205,11 @@ def train(
     return trainer
 
 
+def has_objects(dataset) -> bool:
+    """Whether the rows carry `objects` (names and boxes); a stream may know only its features."""
+    return "objects" in (dataset.column_names or dataset.features or {})
+
+
 def object_names(dataset) -> list[str]:
     """The object classes named in the data's `objects` column (the start of a stream), sorted."""
     rows = dataset.select_columns(["objects"])
@@ -218,7 +223,7 @@ def region_head_options(model_args: ModelArguments, dataset) -> dict:
     background plus the objects the data names; a saved model keeps its own."""
     if model_args.region_classification == "none":
         return {}
-    if "objects" not in (dataset.column_names or dataset.features or {}):
+    if not has_objects(dataset):
         raise ValueError(
             f"--region_classification {model_args.region_classification} needs an `objects` column (names and boxes) "
             "in the data, as the synthetic scenes have."
@@ -232,7 +237,7 @@ def region_head_options(model_args: ModelArguments, dataset) -> dict:
 
 def region_labeller(config: VlmHfConfig, dataset, processor) -> RegionLabeller | None:
     """Region labels for the pretraining batches when the model has named region classes and the data has boxes."""
-    if not config.region_class_names or "objects" not in (dataset.column_names or dataset.features or {}):
+    if not config.region_class_names or not has_objects(dataset):
         return None
     return RegionLabeller(
         config.region_class_names, config.visual_grid, config.num_visual_tokens, processor.image_processor
@@ -253,19 +258,9 @@ def pretrain(argv: list[str] | None = None) -> Trainer:
     return train(model, processor, for_this_process(dataset, data_args, training_args), collator, training_args)
 
 
-def special_token_ids(processor) -> dict:
-    """The config's [CLS] / [SEP] / [PAD] ids from the tokenizer (a pretrained folder's config may lack them), so that
-    `generate` starts the empty prompt with [CLS] and stops at [SEP]."""
-    tokenizer = processor.tokenizer
-    return {
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-
-
 def build_captioning_model(model_args: ModelArguments, processor) -> VlmHfForConditionalGeneration:
-    token_ids = special_token_ids(processor)
+    # From the tokenizer: a pretrained folder's config may lack them.
+    token_ids = special_token_ids(processor.tokenizer)
     model = build_model(VlmHfForConditionalGeneration, model_args, processor, **token_ids)
     # From a folder without generation_config.json, transformers reads the generation config from its config.json
     # file: without these overrides, and with the `use_cache: false` the Trainer wrote there (generation would then
