@@ -20,6 +20,7 @@ from vlm_hf.data import (
     answer_vocabulary,
     generate_synthetic_dataset,
 )
+from vlm_hf.data.collators import pick_captions
 from vlm_hf.evaluation import question_only_baseline, recall_at_k, vqa_accuracy
 from vlm_hf.training import finetune, pretrain
 
@@ -127,6 +128,17 @@ def test_itm_negatives_never_use_the_images_own_captions(scenes, processor):
         assert label == 0 and text not in row["captions"]
 
 
+def test_itm_negatives_skip_other_rows_of_the_same_image():
+    # One caption per row, as a pair corpus has: rows 0-2 show image "a", row 3 image "b".
+    rows = [{"image_id": "a", "captions": [f"caption {i} of a"]} for i in range(3)]
+    rows.append({"image_id": "b", "captions": ["the caption of b"]})
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        texts, labels = pick_captions(rows, 1.0, generator)
+        assert labels == [0, 0, 0, 0]
+        assert texts[:3] == ["the caption of b"] * 3 and texts[3].endswith("of a")
+
+
 def test_retrieval_collator_pairs_and_labels(scenes, processor):
     rows = [scenes[i] for i in range(6)]
     batch = RetrievalCollator(processor, itm_negative_rate=1.0, seed=0)(rows)
@@ -172,6 +184,18 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_folder(command, tmp_pa
 
     assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "VlmHfProcessor"
     assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "VlmHfModel"
+
+
+def test_finetuning_keeps_the_folders_dropout_unless_a_flag_sets_it(tmp_path):
+    one_step = [*TINY, "--max_steps", "1", "--save_strategy", "no"]
+    pretrain([*one_step, "--output_dir", str(tmp_path / "pretrained"), "--hidden_dropout_prob", "0"])
+    from_folder = [*one_step, "--model_name_or_path", str(tmp_path / "pretrained")]
+    kept = finetune("vqa", [*from_folder, "--output_dir", str(tmp_path / "kept")]).model.config
+    assert (kept.hidden_dropout_prob, kept.attention_probs_dropout_prob) == (0, 0.1)
+    changed = finetune(
+        "vqa", [*from_folder, "--output_dir", str(tmp_path / "changed"), "--attention_probs_dropout_prob", "0.3"]
+    ).model.config
+    assert (changed.hidden_dropout_prob, changed.attention_probs_dropout_prob) == (0, 0.3)
 
 
 def test_resume_from_checkpoint_continues_like_an_uninterrupted_run(tmp_path):

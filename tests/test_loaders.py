@@ -4,11 +4,14 @@ The fixtures (tests/fixtures, written by make_fixtures.py) hold a few 32x32 imag
 values below are worked out by hand from those files and the VQA rules.
 """
 
+import functools
 import json
 import math
 import re
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,6 +193,22 @@ def test_karpathy_rows_hold_raw_sentences_and_paths_under_filepath():
         load_karpathy(KARPATHY / "dataset_coco.json", KARPATHY, "validation")
 
 
+def test_karpathy_flickr30k_images_sit_flat_and_are_named_by_imgid(tmp_path):
+    # Karpathy's dataset_flickr30k.json has no `filepath` or `cocoid`: the images lie in one folder.
+    from PIL import Image
+
+    images = [
+        {"filename": f"{n}.jpg", "imgid": i, "split": "test", "sentences": [{"raw": f"Photo {i} "}]}
+        for i, n in enumerate(("1000092795", "10002456"))
+    ]
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"dataset": "flickr30k", "images": images}))
+    for i, image in enumerate(images):
+        Image.new("RGB", (8 + i, 8), "red").save(tmp_path / image["filename"])
+    dataset = load_karpathy(tmp_path / "dataset_flickr30k.json", tmp_path, "test")
+    assert dataset["image_id"] == ["0", "1"] and dataset["captions"] == [["Photo 0"], ["Photo 1"]]
+    assert [row["image"].size for row in dataset] == [(8, 8), (9, 8)]
+
+
 # -- image folders --------------------------------------------------------------------------------------------------
 
 
@@ -264,6 +283,28 @@ def test_streaming_yields_the_pairs_and_two_ranks_split_them(format, shard, keys
     assert rows[0]["image"].size == (32, 32)
     parts = [[r["image_id"] for r in split_dataset_by_node(stream, rank=rank, world_size=2)] for rank in (0, 1)]
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(keys)
+
+
+class QuietFileHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def shard_url():
+    """The shard folder served over http on a free local port (no Range support, like many plain file servers)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFileHandler, directory=str(SHARDS)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("format, shard", [("parquet", "pairs-00000.parquet"), ("webdataset", "pairs-00000.tar")])
+def test_shards_stream_from_urls_like_from_disk(format, shard, shard_url):
+    remote = list(load_image_text_pairs(f"{shard_url}/{shard}", format=format, streaming=True))
+    local = list(load_image_text_pairs(str(SHARDS / shard), format=format, streaming=True))
+    assert [(r["image_id"], r["captions"]) for r in remote] == [(r["image_id"], r["captions"]) for r in local]
+    assert [r["image"].tobytes() for r in remote] == [r["image"].tobytes() for r in local]
 
 
 def test_shuffled_stream_parts_are_disjoint_and_cover_the_stream(monkeypatch):

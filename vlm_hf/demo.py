@@ -183,13 +183,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=3)
-    parser.add_argument("--num-heads", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=8)
     parser.add_argument(
         "--visual-embedding-type",
-        default="default",
+        default="uniter",
         choices=["default", "uniter"],
         help="uniter: grid features and cell boxes each normalised before they are added, so the cell's place "
-        "weighs as much as what it shows",
+        "weighs as much as what it shows (position questions need it)",
     )
     parser.add_argument(
         "--initializer-range",

@@ -84,8 +84,12 @@ class ModelArguments:
         },
     )
     vocab_size: int = field(default=1000, metadata={"help": "size of the WordPiece vocabulary trained for a new model"})
-    hidden_dropout_prob: float = field(default=0.1)
-    attention_probs_dropout_prob: float = field(default=0.1)
+    hidden_dropout_prob: float | None = field(
+        default=None, metadata={"help": "default: the --model_name_or_path folder's, else 0.1 (BERT's)"}
+    )
+    attention_probs_dropout_prob: float | None = field(
+        default=None, metadata={"help": "default: the --model_name_or_path folder's, else 0.1 (BERT's)"}
+    )
 
 
 def parse_arguments(
@@ -154,12 +158,17 @@ def visual_embedding_options(kind: str) -> dict:
     return {"visual_embedding_type": kind}
 
 
-def build_model(model_class, model_args: ModelArguments, processor, **config_overrides):
-    training_options = {
-        "freeze_vision": model_args.freeze_vision,
+def dropout_options(model_args: ModelArguments) -> dict:
+    """The dropout flags given on the command line: a saved folder keeps its own rates for the others."""
+    options = {
         "hidden_dropout_prob": model_args.hidden_dropout_prob,
         "attention_probs_dropout_prob": model_args.attention_probs_dropout_prob,
     }
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def build_model(model_class, model_args: ModelArguments, processor, **config_overrides):
+    training_options = {"freeze_vision": model_args.freeze_vision, **dropout_options(model_args)}
     if model_args.model_name_or_path:
         return model_class.from_pretrained(model_args.model_name_or_path, **training_options, **config_overrides)
     config = VlmHfConfig(

@@ -31,13 +31,20 @@ class VqaCollator:
         return dict(batch)
 
 
+def same_image(row: dict, other: dict) -> bool:
+    """Whether two rows show the same image, as far as their `image_id`s tell (one-caption rows of a pair corpus
+    repeat an image under its id)."""
+    return bool(row.get("image_id")) and row.get("image_id") == other.get("image_id")
+
+
 def pick_captions(rows: list[dict], negative_rate: float, generator: torch.Generator) -> tuple[list[str], list[int]]:
-    """One caption per image; with probability `negative_rate` it comes from another image and is not one of the
-    image's own captions (label 0), else from the image itself (label 1)."""
+    """One caption per image; with probability `negative_rate` it comes from another image (another row, not with
+    the same `image_id`) and is not one of the image's own captions (label 0), else from the image itself (label 1)."""
     texts, labels = [], []
     for i, row in enumerate(rows):
         own = list(row["captions"])
-        foreign = [c for j, other in enumerate(rows) if j != i for c in other["captions"] if c not in own]
+        others = [other for j, other in enumerate(rows) if j != i and not same_image(row, other)]
+        foreign = [c for other in others for c in other["captions"] if c not in own]
         if foreign and torch.rand((), generator=generator) < negative_rate:
             texts.append(foreign[int(torch.randint(len(foreign), (), generator=generator))])
             labels.append(0)

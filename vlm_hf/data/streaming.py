@@ -13,7 +13,7 @@ from .synthetic import FEATURES
 FORMATS = ("parquet", "webdataset")
 IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image")  # WebDataset file extensions, then the usual parquet name
 CAPTION_COLUMNS = ("txt", "caption", "text", "captions")
-ID_COLUMNS = ("__key__", "key", "id", "image_id")
+ID_COLUMNS = ("image_id", "__key__", "key", "id")  # what names the image first
 
 
 def pick_column(columns: list[str], wanted: str | None, defaults: tuple[str, ...], argument: str) -> str:
