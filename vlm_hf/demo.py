@@ -119,18 +119,27 @@ def save_scenes(rows: list[dict], folder: Path) -> None:
 
 
 def draw_answers(scenes, answers: list[str], path: Path) -> None:
-    """A picture of the new scenes, each with its questions and the model's answers underneath."""
+    """A picture of the new scenes, each with its questions and the model's answers underneath (green when right,
+    red when wrong), wrapped to the picture's width."""
     from PIL import Image, ImageDraw
 
-    side, text_height = 256, 80
+    side, line_height, characters = 256, 14, 40  # PIL's default font is about 6 pixels a character
+    answer_iter = iter(answers)
+    panels = []
+    for row in scenes:
+        panel = []
+        for question, truth in zip(row["questions"], row["answers"], strict=True):
+            answer = next(answer_iter)
+            colour = "darkgreen" if answer in truth else "red"
+            panel += [(line, colour) for line in textwrap.wrap(f"{question} -> {answer}", characters)]
+        panels.append(panel)
+    text_height = line_height * max(map(len, panels)) + 8
     sheet = Image.new("RGB", (side * len(scenes), side + text_height), "white")
     draw = ImageDraw.Draw(sheet)
-    answer_iter = iter(answers)
-    for column, row in enumerate(scenes):
+    for column, (row, panel) in enumerate(zip(scenes, panels, strict=True)):
         sheet.paste(row["image"].resize((side, side)), (column * side, 0))
-        lines = [f"{q[:-1]}: {next(answer_iter)}" for q in row["questions"]]
-        for line_number, line in enumerate(lines[:5]):
-            draw.text((column * side + 4, side + 4 + 15 * line_number), line[:46], fill="black")
+        for line_number, (line, colour) in enumerate(panel):
+            draw.text((column * side + 4, side + 4 + line_height * line_number), line, fill=colour)
     sheet.save(path)
 
 
