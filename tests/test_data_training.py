@@ -73,6 +73,19 @@ def test_vqa_accuracy_uses_soft_scores():
     assert result["accuracy"] == pytest.approx(0.65) and result["per_type"] == {"colour": 0.3, "count": 1.0}
 
 
+def test_vqa_accuracy_prefers_the_official_accuracies_when_rows_have_them():
+    rows = [
+        {
+            "question_types": ["colour", "count"],
+            "answers": [["red", "blue"], ["two"]],
+            "answer_scores": [[1.0, 2 / 3], [1.0]],
+            "answer_accuracies": [[1.0, 0.6], [0.9]],
+        }
+    ]
+    result = vqa_accuracy(["blue", "two"], rows)
+    assert result["per_type"] == {"colour": 0.6, "count": 0.9} and result["accuracy"] == pytest.approx(0.75)
+
+
 def test_recall_at_k():
     similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
     positives = torch.tensor([[False, False, True], [False, False, True]])

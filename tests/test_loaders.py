@@ -30,6 +30,8 @@ from vlm_hf.data import (
     load_karpathy,
     load_vqa_v2,
     normalize_answer,
+    official_accuracies,
+    official_accuracy,
     one_per_row,
     soft_scores,
 )
@@ -96,6 +98,29 @@ def test_soft_scores_count_normalised_human_answers():
     assert soft_scores(["Yes", "yes", "?"]) == (["yes"], [pytest.approx(2 / 3)])  # "?" normalises to nothing
 
 
+def leave_one_out_accuracy(prediction: str, human_answers: list[str]) -> float:
+    """The VQA evaluation's definition, step by step: for each annotator, min(1, matches among the others / 3)."""
+    normalised = [normalize_answer(a) for a in human_answers]
+    per_annotator = [
+        min(1.0, sum(other == prediction for other in normalised[:i] + normalised[i + 1 :]) / 3)
+        for i in range(len(normalised))
+    ]
+    return sum(per_annotator) / len(per_annotator)
+
+
+def test_official_accuracies_match_the_leave_one_annotator_out_definition():
+    answers = ["Two", "2", "two.", "3", "three", "3", "4", "the 2", "2", "?"]
+    candidates, _ = soft_scores(answers)
+    expected = [leave_one_out_accuracy(candidate, answers) for candidate in candidates]
+    assert official_accuracies(answers) == pytest.approx(expected)
+    assert official_accuracies(answers) == pytest.approx([1.0, 0.9, 0.3])  # "2" x5, "3" x3, "4" x1; "?" counts too
+    for count in range(11):
+        humans = ["yes"] * count + ["no"] * (10 - count)
+        assert official_accuracy(count, 10) == pytest.approx(leave_one_out_accuracy("yes", humans))
+    with pytest.raises(ValueError, match="count must be between 0 and num_annotators"):
+        official_accuracy(11, 10)
+
+
 # -- COCO captions --------------------------------------------------------------------------------------------------
 
 
@@ -128,6 +153,7 @@ def test_vqa_v2_groups_questions_by_image_with_soft_scores(vqa_train):
     # Red x5, red. x1, the red x2 -> "red" 8 times; dark red x2.
     assert first["answers"][0] == ["red", "dark red"]
     assert first["answer_scores"][0] == pytest.approx([1.0, 2 / 3])
+    assert first["answer_accuracies"][0] == pytest.approx([1.0, 0.6])  # what the evaluation server would score
     # Two x4 + 2 x2 -> "2" 6 times; 3 x3 + three x1 -> "3" 4 times.
     assert first["answers"][1] == ["2", "3"] and first["answer_scores"][1] == pytest.approx([1.0, 1.0])
     assert second["answers"] == [["yes", "no"], ["shirt", "t shirt"]]

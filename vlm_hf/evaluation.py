@@ -17,12 +17,18 @@ def batches(dataset, batch_size: int):
 
 
 def vqa_accuracy(predictions: list[str], rows: list[dict]) -> dict:
-    """Standard VQA soft accuracy (the predicted answer's soft score), overall and per question type."""
+    """
+    Standard VQA accuracy, overall and per question type: the predicted answer's official accuracy where the rows
+    carry `answer_accuracies` (VQA v2: min(matches / 3, 1) averaged over leaving out each annotator), else its soft
+    score.
+    """
     per_type = defaultdict(list)
     questions = [
-        (t, dict(zip(a, s, strict=True)))
+        (question_type, dict(zip(answers, scores, strict=True)))
         for row in rows
-        for t, a, s in zip(row["question_types"], row["answers"], row["answer_scores"], strict=True)
+        for question_type, answers, scores in zip(
+            row["question_types"], row["answers"], row.get("answer_accuracies") or row["answer_scores"], strict=True
+        )
     ]
     for prediction, (question_type, scores) in zip(predictions, questions, strict=True):
         per_type[question_type].append(min(1.0, scores.get(prediction, 0.0)))

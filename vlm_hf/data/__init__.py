@@ -12,7 +12,7 @@ from .collators import (
 from .loaders import load_coco_captions, load_imagefolder, load_karpathy, load_vqa_v2, one_per_row
 from .streaming import load_image_text_pairs
 from .synthetic import FEATURES, QUESTION_TYPES, answer_vocabulary, generate_synthetic_dataset
-from .vqa_answers import answer_vocabulary_from, normalize_answer, soft_scores
+from .vqa_answers import answer_vocabulary_from, normalize_answer, official_accuracies, official_accuracy, soft_scores
 
 __all__ = [
     "CaptioningCollator",
@@ -33,5 +33,7 @@ __all__ = [
     "one_per_row",
     "normalize_answer",
     "soft_scores",
+    "official_accuracy",
+    "official_accuracies",
     "answer_vocabulary_from",
 ]

@@ -2,8 +2,9 @@
 
 Each returns a `datasets.Dataset` with the synthetic generator's schema (`FEATURES`), one row per image: `image`,
 `image_id`, `captions`, and parallel lists `questions`, `question_types`, `answers`, `answer_scores` (VQA v2 adds
-`question_ids`). The image column holds file paths and decodes each image only when a row is read, so loading never
-touches the pixels. `one_per_row` turns image-grouped rows into one question (or caption) per row.
+`question_ids` and `answer_accuracies`, the official accuracy of each answer). The image column holds file paths
+and decodes each image only when a row is read, so loading never touches the pixels. `one_per_row` turns
+image-grouped rows into one question (or caption) per row.
 """
 
 import json
@@ -14,12 +15,18 @@ from pathlib import Path
 import datasets
 
 from .synthetic import FEATURES
-from .vqa_answers import soft_scores
+from .vqa_answers import official_accuracies, soft_scores
 
-VQA_FEATURES = datasets.Features({**FEATURES, "question_ids": datasets.Sequence(datasets.Value("int64"))})
+VQA_FEATURES = datasets.Features(
+    {
+        **FEATURES,
+        "question_ids": datasets.Sequence(datasets.Value("int64")),
+        "answer_accuracies": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+    }
+)
 COCO_IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
-QUESTION_COLUMNS = ("questions", "question_types", "answers", "answer_scores", "question_ids")
+QUESTION_COLUMNS = ("questions", "question_types", "answers", "answer_scores", "question_ids", "answer_accuracies")
 UNKNOWN_TYPE = "unknown"  # question type of questions that come without annotations
 
 
@@ -107,7 +114,9 @@ def load_vqa_v2(
     """
     VQA v2 (`v2_OpenEnded_mscoco_train2014_questions.json`, `v2_mscoco_train2014_annotations.json`, images in
     `train2014/`): one row per image with all of its questions. Each question's candidate answers are the distinct
-    normalised human answers with their soft scores min(count / 3, 1).
+    normalised human answers with their soft scores min(count / 3, 1) (the training targets) and their official
+    accuracies (`answer_accuracies`: min(matches / 3, 1) averaged over leaving out each annotator, what the VQA
+    evaluation server scores and `vlm-hf evaluate` reports).
 
     Args:
         questions_file: the questions JSON (`questions` list of `image_id`, `question`, `question_id`).
@@ -135,7 +144,7 @@ def load_vqa_v2(
         image_id = question["image_id"]
         if image_id not in by_image:
             by_image[image_id] = image_row(image_dir / image_file_name(pattern, image_id, split), image_id)
-            by_image[image_id]["question_ids"] = []
+            by_image[image_id].update(question_ids=[], answer_accuracies=[])
         row = by_image[image_id]
         row["questions"].append(question["question"].strip())
         row["question_ids"].append(question["question_id"])
@@ -143,6 +152,7 @@ def load_vqa_v2(
             row["question_types"].append(UNKNOWN_TYPE)
             row["answers"].append([])
             row["answer_scores"].append([])
+            row["answer_accuracies"].append([])
             continue
         annotation = annotations.get(question["question_id"])
         if annotation is None:
@@ -150,10 +160,12 @@ def load_vqa_v2(
                 f"annotations_file {str(annotations_file)!r} has no answers for question {question['question_id']} "
                 f"of questions_file {str(questions_file)!r}; are they the same split?"
             )
-        answers, scores = soft_scores((a["answer"] for a in annotation["answers"]), normalize=normalize_answers)
+        human_answers = [a["answer"] for a in annotation["answers"]]
+        answers, scores = soft_scores(human_answers, normalize=normalize_answers)
         row["question_types"].append(str(annotation.get(question_type_field, UNKNOWN_TYPE)))
         row["answers"].append(answers)
         row["answer_scores"].append(scores)
+        row["answer_accuracies"].append(official_accuracies(human_answers, normalize=normalize_answers))
     rows = list(by_image.values())
     if check_images and rows:
         hint = "; set image_pattern if the files are named otherwise" if image_pattern is None else ""

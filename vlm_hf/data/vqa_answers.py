@@ -86,15 +86,40 @@ def normalize_answer(answer: str) -> str:
     return normalize_words(strip_punctuation(answer))
 
 
+def ranked_answer_counts(human_answers: Iterable[str], normalize: bool = True) -> list[tuple[str, int]]:
+    """The distinct answers of one question with how many annotators gave them, by count (ties alphabetically)."""
+    counts = Counter(normalize_answer(a) if normalize else a.strip() for a in human_answers)
+    counts.pop("", None)  # an answer that normalises to nothing ("?", "the") says nothing
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
 def soft_scores(human_answers: Iterable[str], normalize: bool = True) -> tuple[list[str], list[float]]:
     """
     The distinct answers of one question and their soft scores min(count / 3, 1): an answer three of the (usually
     ten) annotators gave is fully right. Ordered by count (ties alphabetically), so the first is the consensus.
     """
-    counts = Counter(normalize_answer(a) if normalize else a.strip() for a in human_answers)
-    counts.pop("", None)  # an answer that normalises to nothing ("?", "the") says nothing
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ranked = ranked_answer_counts(human_answers, normalize)
     return [answer for answer, _ in ranked], [min(count / 3, 1.0) for _, count in ranked]
+
+
+def official_accuracy(count: int, num_annotators: int) -> float:
+    """
+    The official VQA accuracy of an answer that `count` of `num_annotators` gave: min(matches / 3, 1) among the other
+    annotators, averaged over leaving out each one in turn (0.3, 0.6, 0.9 and 1.0 for 1, 2, 3 and 4 of ten).
+    """
+    if not 0 <= count <= num_annotators:
+        raise ValueError(f"count must be between 0 and num_annotators ({num_annotators}), got {count}")
+    left_out_match = count * min((count - 1) / 3, 1.0)  # leaving out one who gave it leaves count - 1 matches
+    left_out_other = (num_annotators - count) * min(count / 3, 1.0)
+    return (left_out_match + left_out_other) / num_annotators
+
+
+def official_accuracies(human_answers: Iterable[str], normalize: bool = True) -> list[float]:
+    """The official accuracy of each answer `soft_scores` lists, in its order (every annotator counts, even one whose
+    answer normalises to nothing)."""
+    human_answers = list(human_answers)
+    ranked = ranked_answer_counts(human_answers, normalize)
+    return [official_accuracy(count, len(human_answers)) for _, count in ranked]
 
 
 def answer_vocabulary_from(dataset, max_answers: int | None = 3129, min_count: int = 1) -> list[str]:
