@@ -199,16 +199,27 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_folder(command, tmp_pa
     assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "VlmHfModel"
 
 
-def test_finetuning_keeps_the_folders_dropout_unless_a_flag_sets_it(tmp_path):
+def test_finetuning_keeps_the_folders_dropout_and_freezing_unless_a_flag_sets_them(tmp_path):
     one_step = [*TINY, "--max_steps", "1", "--save_strategy", "no"]
-    pretrain([*one_step, "--output_dir", str(tmp_path / "pretrained"), "--hidden_dropout_prob", "0"])
+    pretrain([*one_step, "--output_dir", str(tmp_path / "pretrained"), "--hidden_dropout_prob", "0", "--freeze_vision"])
     from_folder = [*one_step, "--model_name_or_path", str(tmp_path / "pretrained")]
-    kept = finetune("vqa", [*from_folder, "--output_dir", str(tmp_path / "kept")]).model.config
-    assert (kept.hidden_dropout_prob, kept.attention_probs_dropout_prob) == (0, 0.1)
+    kept = finetune("vqa", [*from_folder, "--output_dir", str(tmp_path / "kept")]).model
+    assert (kept.config.hidden_dropout_prob, kept.config.attention_probs_dropout_prob) == (0, 0.1)
+    assert kept.config.freeze_vision and not any(p.requires_grad for p in kept.vlm_hf.vision_backbone.parameters())
     changed = finetune(
-        "vqa", [*from_folder, "--output_dir", str(tmp_path / "changed"), "--attention_probs_dropout_prob", "0.3"]
-    ).model.config
-    assert (changed.hidden_dropout_prob, changed.attention_probs_dropout_prob) == (0, 0.3)
+        "vqa",
+        [
+            *from_folder,
+            *("--output_dir", str(tmp_path / "changed"), "--attention_probs_dropout_prob", "0.3"),
+            *("--freeze_vision", "false"),
+        ],
+    ).model
+    assert (changed.config.hidden_dropout_prob, changed.config.attention_probs_dropout_prob) == (0, 0.3)
+    assert not changed.config.freeze_vision and all(
+        p.requires_grad for p in changed.vlm_hf.vision_backbone.parameters()
+    )
+    new = finetune("vqa", [*one_step, "--output_dir", str(tmp_path / "new")]).model.config
+    assert (new.hidden_dropout_prob, new.attention_probs_dropout_prob, new.freeze_vision) == (0.1, 0.1, False)
 
 
 def test_resume_from_checkpoint_continues_like_an_uninterrupted_run(tmp_path):

@@ -74,7 +74,14 @@ class ModelArguments:
     initializer_range: float = field(
         default=0.02, metadata={"help": "std of a new model's Transformer weights (larger learns faster when small)"}
     )
-    freeze_vision: bool = field(default=False, metadata={"help": "keep the vision backbone fixed"})
+    freeze_vision: bool | None = field(
+        default=None,
+        metadata={
+            "help": "keep the vision backbone fixed (default: as the --model_name_or_path folder has it, else no)",
+            "nargs": "?",  # a bare --freeze_vision means True, as for the Trainer's own flags
+            "const": True,
+        },
+    )
     region_classification: str = field(
         default="none",
         metadata={
@@ -158,9 +165,11 @@ def visual_embedding_options(kind: str) -> dict:
     return {"visual_embedding_type": kind}
 
 
-def dropout_options(model_args: ModelArguments) -> dict:
-    """The dropout flags given on the command line: a saved folder keeps its own rates for the others."""
+def training_options(model_args: ModelArguments) -> dict:
+    """The backbone freezing and dropout flags given on the command line: a saved folder keeps its own settings for
+    the others, a new model takes the config's defaults (backbone trained, BERT's dropout 0.1)."""
     options = {
+        "freeze_vision": model_args.freeze_vision,
         "hidden_dropout_prob": model_args.hidden_dropout_prob,
         "attention_probs_dropout_prob": model_args.attention_probs_dropout_prob,
     }
@@ -168,9 +177,9 @@ def dropout_options(model_args: ModelArguments) -> dict:
 
 
 def build_model(model_class, model_args: ModelArguments, processor, **config_overrides):
-    training_options = {"freeze_vision": model_args.freeze_vision, **dropout_options(model_args)}
+    options = training_options(model_args)
     if model_args.model_name_or_path:
-        return model_class.from_pretrained(model_args.model_name_or_path, **training_options, **config_overrides)
+        return model_class.from_pretrained(model_args.model_name_or_path, **options, **config_overrides)
     config = VlmHfConfig(
         vocab_size=len(processor.tokenizer),
         vision_backbone=model_args.vision_backbone,
@@ -181,7 +190,7 @@ def build_model(model_class, model_args: ModelArguments, processor, **config_ove
         vision_feature_layer=model_args.vision_feature_layer,
         visual_grid=model_args.visual_grid,
         initializer_range=model_args.initializer_range,
-        **training_options,
+        **options,
         **config_overrides,
     )
     return model_class(config)
