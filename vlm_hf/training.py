@@ -63,7 +63,8 @@ class ModelArguments:
     visual_embedding_type: str = field(
         default="default",
         metadata={
-            "help": "how visual tokens are embedded (`uniter`: feature and box each normalised before they are added)",
+            "help": "how visual tokens are embedded (`uniter`: feature and box each normalised before they are added, "
+            "so where a token is weighs as much as what it shows: what questions about positions need)",
             "choices": ["default", "uniter"],
         },
     )
