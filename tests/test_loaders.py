@@ -117,8 +117,9 @@ def test_official_accuracies_match_the_leave_one_annotator_out_definition():
     for count in range(11):
         humans = ["yes"] * count + ["no"] * (10 - count)
         assert official_accuracy(count, 10) == pytest.approx(leave_one_out_accuracy("yes", humans))
-    with pytest.raises(ValueError, match="count must be between 0 and num_annotators"):
-        official_accuracy(11, 10)
+    for count, num_annotators in ((11, 10), (-1, 10), (0, 0)):
+        with pytest.raises(ValueError, match=f"got count {count} of {num_annotators}"):
+            official_accuracy(count, num_annotators)
 
 
 # -- COCO captions --------------------------------------------------------------------------------------------------

@@ -107,8 +107,10 @@ def official_accuracy(count: int, num_annotators: int) -> float:
     The official VQA accuracy of an answer that `count` of `num_annotators` gave: min(matches / 3, 1) among the other
     annotators, averaged over leaving out each one in turn (0.3, 0.6, 0.9 and 1.0 for 1, 2, 3 and 4 of ten).
     """
-    if not 0 <= count <= num_annotators:
-        raise ValueError(f"count must be between 0 and num_annotators ({num_annotators}), got {count}")
+    if num_annotators < 1 or not 0 <= count <= num_annotators:
+        raise ValueError(
+            f"need num_annotators >= 1 and count between 0 and num_annotators; got count {count} of {num_annotators}"
+        )
     left_out_match = count * min((count - 1) / 3, 1.0)  # leaving out one who gave it leaves count - 1 matches
     left_out_other = (num_annotators - count) * min(count / 3, 1.0)
     return (left_out_match + left_out_other) / num_annotators
