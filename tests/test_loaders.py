@@ -270,6 +270,9 @@ def test_one_question_per_row_keeps_the_schema_and_the_collator(vqa_train, proce
     assert len(rows) == 6 and rows.features == vqa_train.features
     assert rows["question_ids"][:] == [[101], [102], [201], [202], [301], [302]]
     assert rows[1]["answers"] == [["2", "3"]] and rows[1]["image_id"] == "1"
+    # Every question-parallel column is split with the questions (the official accuracies too).
+    assert all(len(rows[i][c]) == 1 for i in range(6) for c in ("answers", "answer_scores", "answer_accuracies"))
+    assert rows[1]["answer_accuracies"] == [pytest.approx(vqa_train[0]["answer_accuracies"][1])]
     assert stored_paths(rows)[0]["path"] == stored_paths(rows)[1]["path"]  # the image repeated, as a path
     labels = ["yes", "2", "red", "shirt", "stop"]
     batch = VqaCollator(processor, {a: i for i, a in enumerate(labels)})([rows[i] for i in range(4)])
