@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,19 @@ from vlm_hf import VlmHfConfig
 if "PYTEST_XDIST_WORKER" in os.environ:
     # `make test` runs one worker per core: a second torch thread per worker only makes them fight over the cores.
     torch.set_num_threads(1)
+
+
+def run_offline_script(script: str, folder) -> None:
+    """Run `script` in a new Python process with `folder` as its argument and working directory, offline (the Hub
+    cannot be reached), and fail with its stderr unless it succeeds."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=folder,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def tiny_config(**overrides) -> VlmHfConfig:

@@ -1,16 +1,13 @@
 """Caption and answer generation: the sequence-to-sequence mask, the cache, GenerationMixin, saving and the pipeline."""
 
 import itertools
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import pixel_inputs, region_inputs, tiny_config
+from conftest import pixel_inputs, region_inputs, run_offline_script, tiny_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, DynamicCache, pipeline
@@ -417,14 +414,7 @@ def test_trust_remote_code_generates_without_the_package(tmp_path):
     model.save_pretrained(tmp_path)
     inputs = batch_inputs("right")
     save_file(inputs, tmp_path / "inputs.safetensors")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_GENERATE, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_offline_script(REMOTE_GENERATE, tmp_path)
     remote = load_file(tmp_path / "tokens.safetensors")["tokens"]
     assert torch.equal(remote, model.generate(**inputs, **GREEDY, max_new_tokens=6))
 

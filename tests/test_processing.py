@@ -1,6 +1,5 @@
 """Processor, tokenizer training, the CLI and the pipelines, end to end from saved folders."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, tiny_config
+from conftest import CORPUS, run_offline_script, tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer, BertTokenizer, pipeline
@@ -171,14 +170,7 @@ REMOTE_PROCESSOR = textwrap.dedent(
 
 def test_processor_loads_through_remote_code_without_the_package(processor, tmp_path):
     processor.save_pretrained(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_PROCESSOR, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_offline_script(REMOTE_PROCESSOR, tmp_path)
     remote = load_file(tmp_path / "remote.safetensors")
     expected = processor(images=Image.new("RGB", (96, 72), (200, 30, 30)), text=["what colour?", "how many?"])
     for key, value in expected.items():

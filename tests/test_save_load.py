@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torchvision
-from conftest import HEADS, pixel_inputs, text_inputs, tiny_config
+from conftest import HEADS, pixel_inputs, run_offline_script, text_inputs, tiny_config
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -139,14 +137,7 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
     model.save_pretrained(tmp_path)
     inputs = example_inputs()
     save_file(inputs, tmp_path / "inputs.safetensors")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_offline_script(REMOTE_LOAD, tmp_path)
     remote_qa = load_file(tmp_path / "AutoModelForVisualQuestionAnswering.safetensors")["output"]
     remote_base = load_file(tmp_path / "AutoModel.safetensors")["output"]
     torch.testing.assert_close(remote_qa, model(**inputs).logits, atol=0, rtol=0)
