@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image, ImageDraw
 
@@ -92,13 +93,9 @@ def test_unknown_object_names_are_refused(scenes):
 
 def region_model(tokens: str, num_classes: int) -> VlmHfForPreTraining:
     torch.manual_seed(0)
-    config = VlmHfConfig(
+    config = tiny_config(
         vocab_size=100,
-        hidden_size=32,
         num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vision_backbone="resnet18",
         vision_feature_layer="layer2",
         visual_grid=3,
         num_region_classes=num_classes,
