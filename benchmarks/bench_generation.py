@@ -12,11 +12,9 @@ early. Prints tokens/s of each and the ratio, and checks that both runs produce 
 import argparse
 
 import torch
-from timing import compare
+from timing import SCENE_MODEL, compare, scenes_and_processor
 
-from vlm_hf import VlmHfConfig, VlmHfForConditionalGeneration, VlmHfImageProcessor, VlmHfProcessor
-from vlm_hf.data import generate_synthetic_dataset
-from vlm_hf.tokenization import train_wordpiece_tokenizer
+from vlm_hf import VlmHfConfig, VlmHfForConditionalGeneration
 
 
 def main():
@@ -29,22 +27,15 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    scenes = generate_synthetic_dataset(args.images, seed=0, image_size=128)
-    rows = [scenes[i] for i in range(len(scenes))]
-    corpus = [text for row in rows for text in (*row["captions"], *row["questions"])]
-    tokenizer = train_wordpiece_tokenizer(corpus, vocab_size=300, min_frequency=1)
+    rows, processor = scenes_and_processor(args.images, lambda row: [*row["captions"], *row["questions"]])
+    tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    image_processor = VlmHfImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128})
-    processor = VlmHfProcessor(image_processor, tokenizer)
     prompts = ["" if i % 2 == 0 else row["questions"][0] for i, row in enumerate(rows)]
     inputs = processor(images=[row["image"] for row in rows], text=prompts)
 
     torch.manual_seed(0)
     config = VlmHfConfig(
-        vision_backbone="resnet18",
-        hidden_size=256,
-        num_hidden_layers=4,
-        visual_grid=4,
+        **SCENE_MODEL,
         vocab_size=30522,  # BERT's: the language-model head's cost per token as in a real model
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,

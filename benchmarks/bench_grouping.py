@@ -9,11 +9,10 @@ and the ratio. Run with `make bench` or `python benchmarks/bench_grouping.py`.
 import argparse
 
 import torch
-from timing import compare
+from timing import SCENE_MODEL, compare, scenes_and_processor
 
-from vlm_hf import VlmHfConfig, VlmHfForQuestionAnswering, VlmHfImageProcessor, VlmHfProcessor
-from vlm_hf.data import VqaCollator, answer_vocabulary, generate_synthetic_dataset
-from vlm_hf.tokenization import train_wordpiece_tokenizer
+from vlm_hf import VlmHfConfig, VlmHfForQuestionAnswering
+from vlm_hf.data import VqaCollator, answer_vocabulary
 
 
 def main():
@@ -22,11 +21,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
 
-    scenes = generate_synthetic_dataset(args.images, seed=0, image_size=128)
-    rows = [scenes[i] for i in range(len(scenes))]
-    tokenizer = train_wordpiece_tokenizer([q for r in rows for q in r["questions"]], vocab_size=300, min_frequency=1)
-    image_processor = VlmHfImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128})
-    processor = VlmHfProcessor(image_processor, tokenizer)
+    rows, processor = scenes_and_processor(args.images, lambda row: row["questions"])
     labels = answer_vocabulary()
     grouped = VqaCollator(processor, {a: i for i, a in enumerate(labels)})(rows)
     ungrouped = {key: value for key, value in grouped.items() if key != "image_index"}
@@ -34,14 +29,7 @@ def main():
     num_questions = len(grouped["labels"])
 
     torch.manual_seed(0)
-    config = VlmHfConfig(
-        vision_backbone="resnet18",
-        hidden_size=256,
-        num_hidden_layers=4,
-        visual_grid=4,
-        vocab_size=len(tokenizer),
-        num_labels=len(labels),
-    )
+    config = VlmHfConfig(**SCENE_MODEL, vocab_size=len(processor.tokenizer), num_labels=len(labels))
     model = VlmHfForQuestionAnswering(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
